@@ -1,0 +1,48 @@
+"""Config keys of fpn_variants: one node, ``cfg.FPN_VARIANTS``, added by
+:func:`add_fpn_variants_config` before ``merge_from_file``.
+
+Keys Detectron2 already has are *not* repeated here: the pyramid reads ``MODEL.FPN.IN_FEATURES``
+(C2..C5 names), ``MODEL.FPN.OUT_CHANNELS`` (the paper's ``d``), ``MODEL.FPN.NORM`` and
+``MODEL.FPN.FUSE_TYPE``. The pyramid design itself is chosen by ``MODEL.BACKBONE.NAME``
+(one registered builder per preset, see README "Backbones").
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_fpn_variants_config"]
+
+
+def add_fpn_variants_config(cfg: CN) -> CN:
+    """Add the ``FPN_VARIANTS`` node, with defaults that reproduce the paper, to ``cfg`` (in place).
+
+    Returns ``cfg``. Calling it twice is harmless.
+    """
+    if "FPN_VARIANTS" in cfg:
+        return cfg
+    _C = cfg
+    _C.FPN_VARIANTS = CN()
+    # Registered BACKBONE_REGISTRY name that builds the bottom-up pathway (C2..C5); it must output
+    # the MODEL.FPN.IN_FEATURES maps. Detectron2's ResNet by default (MODEL.RESNETS.* apply).
+    _C.FPN_VARIANTS.BOTTOM_UP = "build_resnet_backbone"
+    # Extra coarser levels above the last pyramid level:
+    #   "p6_subsample": P6 = stride-2 subsampling of P5 (paper §4.1, RPN; Detectron2 LastLevelMaxPool)
+    #   "p6p7_c5":      P6 = 3x3/2 conv of C5, P7 = 3x3/2 conv of relu(P6) (RetinaNet; LastLevelP6P7)
+    #   "none":         no extra level (the pyramid ends at P5)
+    _C.FPN_VARIANTS.TOP_BLOCK = "p6_subsample"
+    # Top-down upsampling: "nearest" (paper §3, "for simplicity") or "bilinear".
+    _C.FPN_VARIANTS.UPSAMPLE_MODE = "nearest"
+    # Residual preset (paper §3, "multi-layer residual blocks as the connections"): number of
+    # bottleneck residual blocks per lateral connection (>= 1) ...
+    _C.FPN_VARIANTS.RESIDUAL_NUM_BLOCKS = 1
+    # ... and their inner width; 0 means MODEL.FPN.OUT_CHANNELS // 4.
+    _C.FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS = 0
+
+    # Training-time augmentation on top of Detectron2's ResizeShortestEdge + horizontal flip
+    # (INPUT.MIN_SIZE_TRAIN / INPUT.RANDOM_FLIP). Used by fpn_variants.engine.Trainer.
+    _C.FPN_VARIANTS.AUG = CN()
+    # Also flip vertically with probability 0.5 (sensible for aerial images, not for COCO).
+    _C.FPN_VARIANTS.AUG.VERTICAL_FLIP = False
+    # Random brightness / contrast / saturation factors drawn from [1 - x, 1 + x]; 0 disables.
+    _C.FPN_VARIANTS.AUG.BRIGHTNESS = 0.0
+    _C.FPN_VARIANTS.AUG.CONTRAST = 0.0
+    _C.FPN_VARIANTS.AUG.SATURATION = 0.0
+    return cfg

@@ -1,0 +1,19 @@
+"""Pyramid parts, presets and their Detectron2 backbone builders (registered on import)."""
+from .backbone import TOP_BLOCKS, backbone_name, build_pyramid_backbone, check_backbone_name, pyramid_kwargs_from_cfg
+from .presets import PAPER_ROWS, PRESETS
+from .pyramid import FeaturePyramid, ResidualBottleneck, build_lateral, build_output, fuse
+
+__all__ = [
+    "TOP_BLOCKS",
+    "PAPER_ROWS",
+    "PRESETS",
+    "FeaturePyramid",
+    "ResidualBottleneck",
+    "backbone_name",
+    "build_lateral",
+    "build_output",
+    "build_pyramid_backbone",
+    "check_backbone_name",
+    "fuse",
+    "pyramid_kwargs_from_cfg",
+]

@@ -1,0 +1,111 @@
+"""Detectron2 builders for every preset: ``BACKBONE_REGISTRY`` names ``build_{preset}_backbone``.
+
+Each builder takes ``(cfg, input_shape)`` like Detectron2's ``build_resnet_fpn_backbone``, builds
+the bottom-up pathway named by ``cfg.FPN_VARIANTS.BOTTOM_UP`` (Detectron2's ResNet by default),
+and returns a :class:`~fpn_variants.modeling.pyramid.FeaturePyramid` whose outputs are
+``p2..p6`` (strides 4..64, ``MODEL.FPN.OUT_CHANNELS`` channels) with the default config; they plug
+into Detectron2's stock ``RPN``, ``StandardROIHeads``, ``GeneralizedRCNN`` and ``ProposalNetwork``.
+"""
+import difflib
+from typing import Dict
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+
+from .presets import PRESETS
+from .pyramid import FeaturePyramid
+
+__all__ = ["TOP_BLOCKS", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg", "check_backbone_name"]
+
+TOP_BLOCKS = ("p6_subsample", "p6p7_c5", "none")
+
+
+def backbone_name(preset: str) -> str:
+    """The ``MODEL.BACKBONE.NAME`` of a preset, e.g. ``"fpn_full"`` -> ``"build_fpn_full_backbone"``."""
+    return f"build_{preset}_backbone"
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise a ``KeyError`` naming ``name``, close matches and every registered backbone, if ``name``
+    is not in ``BACKBONE_REGISTRY``."""
+    if name in BACKBONE_REGISTRY:
+        return
+    names = sorted(n for n, _ in BACKBONE_REGISTRY)
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"MODEL.BACKBONE.NAME={name!r} is not a registered backbone.{hint} Registered: {', '.join(names)}")
+
+
+def _top_block(cfg, bottom_up_shapes: Dict[str, ShapeSpec]):
+    kind = cfg.FPN_VARIANTS.TOP_BLOCK
+    if kind == "p6_subsample":
+        return LastLevelMaxPool()
+    if kind == "p6p7_c5":
+        last = cfg.MODEL.FPN.IN_FEATURES[-1]
+        return LastLevelP6P7(bottom_up_shapes[last].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last)
+    if kind == "none":
+        return None
+    raise ValueError(f"FPN_VARIANTS.TOP_BLOCK={kind!r} is not valid; valid values: {', '.join(TOP_BLOCKS)}")
+
+
+def pyramid_kwargs_from_cfg(cfg, preset: str) -> dict:
+    """Keyword arguments of :class:`FeaturePyramid` for ``preset`` and ``cfg`` (without the
+    bottom-up and the top block). Raises ``KeyError`` for an unknown preset."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown FPN preset {preset!r}; valid: {', '.join(PRESETS)}")
+    fv = cfg.FPN_VARIANTS
+    return dict(
+        in_features=list(cfg.MODEL.FPN.IN_FEATURES),
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        upsample_mode=fv.UPSAMPLE_MODE,
+        residual_blocks=fv.RESIDUAL_NUM_BLOCKS,
+        bottleneck_channels=fv.RESIDUAL_BOTTLENECK_CHANNELS or None,
+        **PRESETS[preset],
+    )
+
+
+def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeaturePyramid:
+    """Build the bottom-up pathway and the pyramid of ``preset`` from ``cfg``.
+
+    Args:
+        cfg: a Detectron2 config with :func:`fpn_variants.add_fpn_variants_config` applied.
+        input_shape: ``ShapeSpec(channels=3)`` of the input images.
+        preset: a key of :data:`fpn_variants.modeling.presets.PRESETS`.
+
+    Raises:
+        KeyError: unknown preset or ``FPN_VARIANTS.BOTTOM_UP`` not registered.
+        ValueError: invalid values of ``MODEL.FPN.*`` / ``FPN_VARIANTS.*`` (see FeaturePyramid).
+    """
+    if "FPN_VARIANTS" not in cfg:
+        raise KeyError("cfg has no FPN_VARIANTS node: call fpn_variants.add_fpn_variants_config(cfg) before merge_from_file")
+    kwargs = pyramid_kwargs_from_cfg(cfg, preset)
+    if cfg.FPN_VARIANTS.TOP_BLOCK not in TOP_BLOCKS:  # fail before building the bottom-up pathway
+        _top_block(cfg, {})
+    name = cfg.FPN_VARIANTS.BOTTOM_UP
+    check_backbone_name(name)
+    bottom_up = BACKBONE_REGISTRY.get(name)(cfg, input_shape)
+    shapes = bottom_up.output_shape()
+    missing = [f for f in kwargs["in_features"] if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES has {missing}, which the bottom-up pathway {name} does not output "
+            f"(it outputs {sorted(shapes)}; for ResNet set MODEL.RESNETS.OUT_FEATURES)"
+        )
+    return FeaturePyramid(shapes, bottom_up=bottom_up, top_block=_top_block(cfg, shapes), **kwargs)
+
+
+def _register(preset: str) -> None:
+    def builder(cfg, input_shape: ShapeSpec):
+        return build_pyramid_backbone(cfg, input_shape, preset)
+
+    builder.__name__ = builder.__qualname__ = backbone_name(preset)
+    builder.__doc__ = f"Detectron2 backbone builder for the {preset!r} preset (see fpn_variants.modeling.presets)."
+    if builder.__name__ not in BACKBONE_REGISTRY:
+        BACKBONE_REGISTRY.register(builder)
+
+
+for _preset in PRESETS:
+    _register(_preset)

@@ -1,0 +1,24 @@
+"""fpn_variants: Feature Pyramid Network variants (Lin et al., CVPR 2017) as Detectron2 backbones.
+
+torch/torchvision and Detectron2 are deliberately not in ``install_requires``: Detectron2 is not
+published on PyPI by its authors, and a user's own CUDA build must be kept. ``scripts/setup.sh``
+installs them (see README, "Set-up").
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="fpn_variants",
+    version="0.1.0",
+    description="The design space of Feature Pyramid Networks as Detectron2 backbones and ablations",
+    packages=find_packages(include=["fpn_variants", "fpn_variants.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "fvcore>=0.1.5,<0.1.6",
+        "iopath>=0.1.7,<0.1.10",
+        "numpy<2",
+        "pycocotools>=2.0.7",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
