@@ -8,7 +8,7 @@ Keys Detectron2 already has are *not* repeated here: the pyramid reads ``MODEL.F
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_fpn_variants_config"]
+__all__ = ["add_fpn_variants_config", "validate_config"]
 
 
 def add_fpn_variants_config(cfg: CN) -> CN:
@@ -46,3 +46,47 @@ def add_fpn_variants_config(cfg: CN) -> CN:
     _C.FPN_VARIANTS.AUG.CONTRAST = 0.0
     _C.FPN_VARIANTS.AUG.SATURATION = 0.0
     return cfg
+
+
+def validate_config(cfg: CN) -> None:
+    """Check the values a typo most often breaks, before any model is built, with an error that
+    names the bad value and what is valid.
+
+    Raises:
+        KeyError: ``MODEL.BACKBONE.NAME`` or ``FPN_VARIANTS.BOTTOM_UP`` not registered, or a dataset
+            in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` not registered.
+        ValueError: ``MODEL.FPN.OUT_CHANNELS <= 0``, an unknown ``FPN_VARIANTS`` value,
+            ``RESIDUAL_NUM_BLOCKS < 1`` or ``RESIDUAL_BOTTLENECK_CHANNELS < 0``.
+    """
+    from detectron2.data import DatasetCatalog
+
+    from .modeling.backbone import TOP_BLOCKS, check_backbone_name
+    from .modeling.pyramid import FUSE_TYPES, UPSAMPLE_MODES
+
+    if "FPN_VARIANTS" not in cfg:
+        raise KeyError("cfg has no FPN_VARIANTS node: call add_fpn_variants_config(cfg) before merge_from_file")
+    check_backbone_name(cfg.MODEL.BACKBONE.NAME)
+    check_backbone_name(cfg.FPN_VARIANTS.BOTTOM_UP)
+    fv = cfg.FPN_VARIANTS
+    checks = [
+        ("FPN_VARIANTS.TOP_BLOCK", fv.TOP_BLOCK, TOP_BLOCKS),
+        ("FPN_VARIANTS.UPSAMPLE_MODE", fv.UPSAMPLE_MODE, UPSAMPLE_MODES),
+        ("MODEL.FPN.FUSE_TYPE", cfg.MODEL.FPN.FUSE_TYPE, FUSE_TYPES),
+    ]
+    for key, value, valid in checks:
+        if value not in valid:
+            raise ValueError(f"{key}={value!r} is not valid; valid values: {', '.join(valid)}")
+    if cfg.MODEL.FPN.OUT_CHANNELS <= 0:
+        raise ValueError(f"MODEL.FPN.OUT_CHANNELS (the pyramid's d) = {cfg.MODEL.FPN.OUT_CHANNELS} must be > 0 (paper: 256)")
+    if fv.RESIDUAL_NUM_BLOCKS < 1:
+        raise ValueError(f"FPN_VARIANTS.RESIDUAL_NUM_BLOCKS={fv.RESIDUAL_NUM_BLOCKS} must be >= 1")
+    if fv.RESIDUAL_BOTTLENECK_CHANNELS < 0:
+        raise ValueError(f"FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS={fv.RESIDUAL_BOTTLENECK_CHANNELS} must be >= 0 (0: d // 4)")
+    registered = set(DatasetCatalog.list())
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            if name not in registered:
+                raise KeyError(
+                    f"DATASETS.{key} has {name!r}, which is not registered; registered: {', '.join(sorted(registered))}. "
+                    "Register a COCO-format dataset with detectron2.data.datasets.register_coco_instances."
+                )

@@ -1,0 +1,107 @@
+"""Training and evaluation on top of Detectron2's ``DefaultTrainer``.
+
+:class:`Trainer` differs from Detectron2's only where this project needs it:
+
+* evaluator: ``COCOEvaluator`` (AP, AP@0.5, AP_s/m/l) for detectors; :class:`ProposalRecallEvaluator`
+  (AR@100, AR@1000, AR_s/m/l@1000 over all images) for RPN-only ``ProposalNetwork`` models;
+* training augmentation: Detectron2's (``ResizeShortestEdge`` + horizontal flip) plus the
+  ``FPN_VARIANTS.AUG`` keys (vertical flip, brightness / contrast / saturation);
+* a tqdm progress bar (iteration, loss) on the main process when stderr is a terminal, beside
+  Detectron2's periodic log lines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from .evaluation import ProposalRecallEvaluator
+
+__all__ = ["build_augmentation", "is_proposal_only", "Trainer", "TqdmProgress"]
+
+
+def is_proposal_only(cfg: CfgNode) -> bool:
+    """True for RPN-only models (``MODEL.META_ARCHITECTURE == "ProposalNetwork"``), evaluated by AR."""
+    return cfg.MODEL.META_ARCHITECTURE == "ProposalNetwork"
+
+
+def build_augmentation(cfg: CfgNode, is_train: bool) -> List[T.Augmentation]:
+    """Detectron2's augmentation list, plus the ``FPN_VARIANTS.AUG`` ones at training time."""
+    augs = detection_utils.build_augmentation(cfg, is_train)
+    if not is_train:
+        return augs
+    a = cfg.FPN_VARIANTS.AUG
+    if a.VERTICAL_FLIP:
+        augs.append(T.RandomFlip(prob=0.5, horizontal=False, vertical=True))
+    for name, cls in (("BRIGHTNESS", T.RandomBrightness), ("CONTRAST", T.RandomContrast), ("SATURATION", T.RandomSaturation)):
+        x = float(a[name])
+        if x:
+            augs.append(cls(1.0 - x, 1.0 + x))
+    return augs
+
+
+class TqdmProgress(HookBase):
+    """A tqdm bar over training iterations with the latest total loss (main process only; hidden
+    when stderr is not a terminal, where Detectron2's log lines already show progress and ETA)."""
+
+    def before_train(self):
+        from tqdm import tqdm
+
+        t = self.trainer
+        self._bar = tqdm(
+            total=t.max_iter, initial=t.start_iter, desc="train", unit="it", disable=None, dynamic_ncols=True
+        )
+
+    def after_step(self):
+        storage = self.trainer.storage
+        if "total_loss" in storage.histories():
+            self._bar.set_postfix(loss=f"{storage.history('total_loss').latest():.3f}", refresh=False)
+        self._bar.update(1)
+
+    def after_train(self):
+        self._bar.close()
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's ``DefaultTrainer`` with this project's evaluators, augmentation and progress bar."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if is_proposal_only(cfg):
+            return ProposalRecallEvaluator(
+                dataset_name, limits=(100, cfg.MODEL.RPN.POST_NMS_TOPK_TEST), output_dir=output_folder
+            )
+        return COCOEvaluator(
+            dataset_name,
+            tasks=("bbox",),
+            output_dir=output_folder,
+            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = DatasetMapper(cfg, is_train=True, augmentations=build_augmentation(cfg, is_train=True))
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        mapper = DatasetMapper(cfg, is_train=False, augmentations=build_augmentation(cfg, is_train=False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if comm.is_main_process():
+            hooks.insert(-1, TqdmProgress())
+        return hooks
+
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
