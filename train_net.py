@@ -19,21 +19,16 @@ import os
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 import fpn_variants  # noqa: F401  registers backbones and datasets (also in spawned workers)
-from fpn_variants.config import add_fpn_variants_config, validate_config
+from fpn_variants.config import load_config
 from fpn_variants.engine import Trainer
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_fpn_variants_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    validate_config(cfg)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

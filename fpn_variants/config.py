@@ -8,7 +8,7 @@ Keys Detectron2 already has are *not* repeated here: the pyramid reads ``MODEL.F
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_fpn_variants_config", "validate_config"]
+__all__ = ["add_fpn_variants_config", "load_config", "validate_config"]
 
 
 def add_fpn_variants_config(cfg: CN) -> CN:
@@ -90,3 +90,62 @@ def validate_config(cfg: CN) -> None:
                     f"DATASETS.{key} has {name!r}, which is not registered; registered: {', '.join(sorted(registered))}. "
                     "Register a COCO-format dataset with detectron2.data.datasets.register_coco_instances."
                 )
+
+
+def _all_keys(node: CN, prefix: str = ""):
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, CN):
+            yield from _all_keys(v, full + ".")
+        else:
+            yield full
+
+
+def _unknown_key_error(cfg: CN, err: Exception, source: str) -> KeyError:
+    import difflib
+    import re
+
+    msg = str(err)
+    m = re.search(r"Non-existent (?:config )?key: ([\w.]+)", msg)
+    bad = m.group(1) if m else msg
+    close = difflib.get_close_matches(bad, list(_all_keys(cfg)), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return KeyError(f"unknown config key {bad!r} in {source}.{hint}")
+
+
+def load_config(config_file: str, opts=(), cfg: CN = None) -> CN:
+    """``get_cfg() -> add_fpn_variants_config -> merge_from_file -> merge_from_list -> validate_config``.
+
+    Returns the (unfrozen) config.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+        KeyError: a key in the file or in ``opts`` does not exist (with close matches), or see
+            :func:`validate_config`.
+        ValueError: an odd number of ``opts``, or see :func:`validate_config`.
+    """
+    import os
+
+    from detectron2.config import get_cfg
+
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    cfg = cfg if cfg is not None else get_cfg()
+    add_fpn_variants_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except (AssertionError, KeyError) as e:
+        if "Non-existent" not in str(e):
+            raise
+        raise _unknown_key_error(cfg, e, config_file) from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs; got an odd number: {opts}")
+    try:
+        cfg.merge_from_list(opts)
+    except (AssertionError, KeyError) as e:
+        if "Non-existent" not in str(e):
+            raise
+        raise _unknown_key_error(cfg, e, "the command-line overrides") from None
+    validate_config(cfg)
+    return cfg
