@@ -7,10 +7,15 @@
 * training augmentation: Detectron2's (``ResizeShortestEdge`` + horizontal flip) plus the
   ``FPN_VARIANTS.AUG`` keys (vertical flip, brightness / contrast / saturation);
 * a tqdm progress bar (iteration, loss) on the main process when stderr is a terminal, beside
-  Detectron2's periodic log lines.
+  Detectron2's periodic log lines;
+* data-parallel training of a CPU model (``--num-gpus N MODEL.DEVICE cpu``, GLOO backend):
+  Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]``, which
+  ``DistributedDataParallel`` rejects for a CPU module; :class:`Trainer` passes ``device_ids=None``
+  for a CPU model and leaves GPU models to Detectron2 unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import List
@@ -70,8 +75,33 @@ class TqdmProgress(HookBase):
         self._bar.close()
 
 
+@contextlib.contextmanager
+def _ddp_for_cpu_models():
+    """While active, Detectron2's ``create_ddp_model`` (as ``DefaultTrainer.__init__`` calls it)
+    wraps a model whose parameters are all on the CPU with ``device_ids=None``."""
+    import detectron2.engine.defaults as d2_defaults
+
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if comm.get_world_size() > 1 and all(p.device.type == "cpu" for p in model.parameters()):
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
-    """Detectron2's ``DefaultTrainer`` with this project's evaluators, augmentation and progress bar."""
+    """Detectron2's ``DefaultTrainer`` with this project's evaluators, augmentation, progress bar,
+    and data-parallel training of CPU models (module docstring)."""
+
+    def __init__(self, cfg):
+        with _ddp_for_cpu_models():
+            super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -104,3 +104,15 @@ def test_bad_config_value_fails_before_training(tmp_path):
     )
     assert proc.returncode != 0
     assert "build_fpn_topdown_backbone" in proc.stderr and "build_fpn_top_down_only_backbone" in proc.stderr
+
+
+def test_two_process_cpu_training_with_gloo(neon_root, tmp_path):
+    """--num-gpus 2 on a CPU model: Detectron2's launch (GLOO) + DDP with device_ids=None."""
+    out = str(tmp_path / "ddp")
+    proc = train_net(
+        "--config-file", os.path.join(REPO, "configs", "NEON", "faster_rcnn_R_18_FPN_cpu.yaml"),
+        "--num-gpus", "2", "--dist-url", "auto", *TINY, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", out,
+    )
+    assert "World size: 2" in proc.stdout + proc.stderr
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert any("bbox/AP" in l for l in read_metrics(out))
