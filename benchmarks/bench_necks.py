@@ -35,13 +35,13 @@ from torch import nn
 
 warnings.filterwarnings("ignore")
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling import build_backbone  # noqa: E402
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone  # noqa: E402
 from fvcore.nn import FlopCountAnalysis  # noqa: E402
 
 import fpn_variants  # noqa: E402
+from fpn_variants.config import resnet_fpn_cfg  # noqa: E402
 
 REFERENCE = "detectron2 FPN"
 SETTINGS = [
@@ -65,18 +65,6 @@ class Fixed(nn.Module):
         return self.shapes
 
 
-def make_cfg(depth, d):
-    cfg = get_cfg()
-    fpn_variants.add_fpn_variants_config(cfg)
-    cfg.MODEL.RESNETS.DEPTH = depth
-    if depth in (18, 34):
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = d
-    return cfg
-
-
 def build_all(cfg):
     torch.manual_seed(0)
     nets = {REFERENCE: build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))}
@@ -88,7 +76,7 @@ def build_all(cfg):
 
 def measure(setting, repeats, warmup):
     name, depth, d, h, w = setting
-    nets = build_all(make_cfg(depth, d))
+    nets = build_all(resnet_fpn_cfg(depth, d))
     x = torch.randn(1, 3, h, w)
     with torch.no_grad():  # not inference_mode: fvcore's tracer reuses these maps
         feats = nets[REFERENCE].bottom_up(x)

@@ -1,22 +1,15 @@
 """The fpn_full preset equals Detectron2's own FPN (build_resnet_fpn_backbone) exactly."""
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
-import fpn_variants
+from fpn_variants.config import resnet_fpn_cfg
 
 
 def cfg_for(depth, norm, fuse_type):
-    cfg = get_cfg()
-    fpn_variants.add_fpn_variants_config(cfg)
-    cfg.MODEL.RESNETS.DEPTH = depth
-    if depth in (18, 34):
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg = resnet_fpn_cfg(depth)
     cfg.MODEL.FPN.NORM = norm
     cfg.MODEL.FPN.FUSE_TYPE = fuse_type
     cfg.MODEL.BACKBONE.NAME = "build_fpn_full_backbone"
