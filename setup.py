@@ -19,6 +19,14 @@ setup(
         "pycocotools>=2.0.7",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "submitit>=1.5,<2",
     ],
+    entry_points={
+        "console_scripts": [
+            "fpn-variants-train=fpn_variants.train_net:invoke_main",
+            "fpn-variants-sweep=fpn_variants.sweep:cli",
+            "fpn-variants-report=fpn_variants.report:cli",
+        ]
+    },
     extras_require={"test": ["pytest>=7"]},
 )

@@ -1,6 +1,7 @@
 """Pyramid parts, presets and their Detectron2 backbone builders (registered on import)."""
 from .backbone import TOP_BLOCKS, backbone_name, build_pyramid_backbone, check_backbone_name, pyramid_kwargs_from_cfg
 from .presets import PAPER_ROWS, PRESETS
+from .roi_heads import ResNetConv5ROIHeads
 from .pyramid import FeaturePyramid, ResidualBottleneck, build_lateral, build_output, fuse
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "PRESETS",
     "FeaturePyramid",
     "ResidualBottleneck",
+    "ResNetConv5ROIHeads",
     "backbone_name",
     "build_lateral",
     "build_output",

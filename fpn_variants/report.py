@@ -1,0 +1,299 @@
+"""The report of a sweep folder: every run's metrics in one table, in the paper's layout.
+
+Usage (also run at the end of every sweep; the ``fpn-variants-report`` command)::
+
+    python -m fpn_variants.report output/sweeps/table1-neon
+
+Reads ``sweep.json`` (suite, seeds, overrides) and, for each row x seed, the run's own
+``metrics.json`` (:func:`fpn_variants.results.final_metrics`: the value at the highest iteration
+holding the metric, later lines overriding earlier ones) and ``run.json`` (status, error, seconds).
+Writes, each atomically:
+
+* ``results.csv`` — one line per run: row, seed, status, seconds, error, one column per metric;
+* ``results.json`` — the same runs, plus per row: mean, sample standard deviation (ddof = 1) and
+  count over the seeds that finished, and the paper's value;
+* ``report.md`` — the paper's table with ``mean ± std`` beside the paper's number in each cell, the
+  ranking of rows by the suite's headline metric against the paper's, failed runs with their error;
+* ``<suite>.png`` — the headline metric per row (mean, error bar = std over seeds, x = each seed),
+  with the paper's value where it has one.
+
+Metrics are in % (Detectron2's COCO evaluator and :class:`fpn_variants.evaluation.ProposalRecallEvaluator`
+both report percentages, as the paper does).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from .results import final_metrics, write_json_atomic, write_text_atomic
+from .suites import Suite
+
+__all__ = ["collect", "summarize", "ranking_agreement", "write_report", "cli"]
+
+AR_NOTE = (
+    "Proposal AR (fpn_variants.evaluation.ProposalRecallEvaluator) is averaged over IoU 0.50:0.05:0.95 and "
+    "over every ground-truth box of *all* evaluation images: an image with no proposals counts all its boxes "
+    "as missed (Detectron2's COCOEvaluator proposal path skips such images). Each box is matched greedily to "
+    "at most one of the top-k proposals by objectness (k = 100 or 1000); AR_s/m/l use COCO's area ranges "
+    "(< 32^2, 32^2..96^2, > 96^2 px) on the ground truth."
+)
+
+
+def _sweep_manifest(sweep_dir: str) -> dict:
+    path = os.path.join(sweep_dir, "sweep.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{sweep_dir} is not a sweep folder: it has no sweep.json (run fpn_variants.sweep first)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def collect(sweep_dir: str) -> dict:
+    """Every run of the sweep in ``sweep_dir``: ``{"suite": Suite, "seeds", "opts", "runs": [...]}``,
+    each run ``{row, seed, status ("done" | "failed" | "running or not started"), seconds, error,
+    metrics: {metric name: value}}`` with metrics read from the run's ``metrics.json``."""
+    man = _sweep_manifest(sweep_dir)
+    suite = Suite.from_dict(man["suite"])
+    runs = []
+    for row in suite.rows:
+        for seed in man["seeds"]:
+            run_dir = os.path.join(sweep_dir, row.key, f"seed{seed}")
+            rec = {}
+            try:
+                with open(os.path.join(run_dir, "run.json")) as f:
+                    rec = json.load(f)
+            except (OSError, ValueError):
+                pass
+            vals = final_metrics(run_dir, [m.key for m in suite.metrics])
+            runs.append(dict(
+                row=row.key, seed=seed, status=rec.get("status", "not finished"), seconds=rec.get("seconds"),
+                error=rec.get("error"), metrics={m.name: vals[m.key] for m in suite.metrics if m.key in vals},
+            ))
+    return dict(suite=suite, seeds=man["seeds"], opts=man.get("opts", []), commands=man.get("commands", []), runs=runs)
+
+
+def _mean_std(xs: List[float]):
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return None, None, 0
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+    return m, sd, len(xs)
+
+
+def summarize(collected: dict) -> List[dict]:
+    """Per row: ``{row, label, n_done, n_failed, mean: {metric: m}, std: {metric: s}, paper: {...},
+    seconds}`` over the seeds whose run is ``done`` (std is ``None`` for fewer than 2 seeds)."""
+    suite: Suite = collected["suite"]
+    out = []
+    for row in suite.rows:
+        runs = [r for r in collected["runs"] if r["row"] == row.key]
+        done = [r for r in runs if r["status"] == "done"]
+        mean, std = {}, {}
+        for m in suite.metrics:
+            mu, sd, _ = _mean_std([r["metrics"].get(m.name) for r in done])
+            mean[m.name], std[m.name] = mu, sd
+        secs = [r["seconds"] for r in done if r.get("seconds")]
+        out.append(dict(
+            row=row.key, label=row.label, n_done=len(done), n_failed=sum(r["status"] == "failed" for r in runs),
+            mean=mean, std=std, paper=dict(row.paper), seconds=sum(secs) / len(secs) if secs else None,
+            per_seed={r["seed"]: r["metrics"].get(suite.headline) for r in done},
+        ))
+    return out
+
+
+def ranking_agreement(rows: List[dict], metric: str) -> dict:
+    """Compare the order of rows by our mean of ``metric`` with the paper's order, over rows having both.
+
+    Returns ``{ours: [row keys, best first], paper: [...], concordant, discordant, kendall_tau,
+    swapped: [(a, b, our difference, combined seed std)]}``; a swapped pair is one the paper ranks a > b
+    and we rank b > a; ``within_spread`` marks swaps whose difference is below the seeds' spread
+    (sqrt(std_a^2 + std_b^2)), i.e. not resolved by our runs.
+    """
+    both = [r for r in rows if r["mean"].get(metric) is not None and metric in r["paper"]]
+    ours = [r["row"] for r in sorted(both, key=lambda r: -r["mean"][metric])]
+    paper = [r["row"] for r in sorted(both, key=lambda r: -r["paper"][metric])]
+    by = {r["row"]: r for r in both}
+    conc = disc = 0
+    swapped = []
+    for i, a in enumerate(paper):
+        for b in paper[i + 1:]:
+            pa, pb = by[a]["paper"][metric], by[b]["paper"][metric]
+            if pa == pb:
+                continue
+            d = by[a]["mean"][metric] - by[b]["mean"][metric]
+            if d > 0:
+                conc += 1
+            else:
+                disc += 1
+                sa, sb = by[a]["std"][metric], by[b]["std"][metric]
+                spread = math.sqrt((sa or 0) ** 2 + (sb or 0) ** 2) if sa is not None and sb is not None else None
+                swapped.append(dict(paper_higher=a, paper_lower=b, ours_diff=d, spread=spread,
+                                    within_spread=spread is not None and abs(d) <= spread))
+    n = conc + disc
+    return dict(ours=ours, paper=paper, concordant=conc, discordant=disc,
+                kendall_tau=(conc - disc) / n if n else None, swapped=swapped)
+
+
+def _fmt(m, s, digits=1):
+    if m is None:
+        return "—"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None else f"{m:.{digits}f}"
+
+
+def _csv(collected: dict) -> str:
+    suite: Suite = collected["suite"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    names = [m.name for m in suite.metrics]
+    w.writerow(["suite", "row", "label", "seed", "status", "seconds", *names, "error"])
+    labels = {r.key: r.label for r in suite.rows}
+    for r in collected["runs"]:
+        vals = [("" if r["metrics"].get(n) is None else repr(r["metrics"][n])) for n in names]
+        w.writerow([suite.name, r["row"], labels[r["row"]], r["seed"], r["status"], r.get("seconds") or "", *vals,
+                    r.get("error") or ""])
+    return buf.getvalue()
+
+
+def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[int, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = suite.headline
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4.2))
+    xs = range(len(rows))
+    means = [r["mean"][h] if r["mean"][h] is not None else float("nan") for r in rows]
+    stds = [r["std"][h] or 0.0 for r in rows]
+    ax.bar(xs, means, yerr=stds, capsize=4, color="#7aa6c2", label=f"ours: mean ± std over seeds")
+    for i, r in enumerate(rows):
+        pts = [v for v in per_seed.get(r["row"], {}).values() if v is not None]
+        ax.plot([i] * len(pts), pts, "k.", ms=4, label="ours: each seed" if i == 0 else None)
+        if h in r["paper"]:
+            ax.plot([i], [r["paper"][h]], "r_", ms=22, mew=2, label="paper (COCO)" if "paper (COCO)" not in
+                    [l.get_label() for l in ax.lines] else None)
+        if r["n_done"] == 0:
+            ax.text(i, 0, "failed" if r["n_failed"] else "not run", ha="center", va="bottom", color="crimson", fontsize=8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r["label"] for r in rows], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel(f"{h} (%)")
+    ax.set_title(f"{suite.name}: {suite.title}", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _markdown(collected: dict, rows: List[dict], rank: dict, png: str) -> str:
+    suite: Suite = collected["suite"]
+    names = [m.name for m in suite.metrics]
+    L = [f"# {suite.name}: {suite.title}", ""]
+    src = f"Paper: Lin et al., FPN, CVPR 2017, {suite.source}." if suite.source else ""
+    L.append(f"{src} {suite.notes}".strip())
+    L.append("")
+    if collected["commands"]:
+        L += ["Reproduce:", "", "```"] + collected["commands"] + ["```", ""]
+    L.append(f"Seeds: {collected['seeds']}; overrides: {collected['opts'] or 'none'}. Each cell: our mean ± sample "
+             "std over the seeds that finished (in %), then the paper's number in parentheses.")
+    L.append("")
+    L.append("| row | " + " | ".join(names) + " | seeds done | min / run |")
+    L.append("|---|" + "---|" * (len(names) + 2))
+    for r in rows:
+        cells = []
+        for n in names:
+            c = _fmt(r["mean"][n], r["std"][n])
+            if n in r["paper"]:
+                c += f" ({r['paper'][n]:.1f})"
+            cells.append(c)
+        note = f"{r['n_done']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
+        mins = f"{r['seconds'] / 60:.1f}" if r["seconds"] else "—"
+        L.append(f"| {r['label']} | " + " | ".join(cells) + f" | {note} | {mins} |")
+    L.append("")
+    h = suite.headline
+    L.append(f"![{h} per row]({os.path.basename(png)})")
+    L.append("")
+    L.append(f"## Ranking by {h}")
+    L.append("")
+    if rank["ours"]:
+        lab = {r["row"]: r["label"] for r in rows}
+        L.append("- ours:  " + " > ".join(lab[k] for k in rank["ours"]))
+        L.append("- paper: " + " > ".join(lab[k] for k in rank["paper"]))
+        tau = rank["kendall_tau"]
+        L.append(f"- pairs in the paper's order: {rank['concordant']} of {rank['concordant'] + rank['discordant']}"
+                 + (f" (Kendall tau {tau:+.2f})" if tau is not None else ""))
+        if not rank["swapped"]:
+            L.append("- **Our ordering agrees with the paper's** on every pair of rows the paper reports.")
+        for s in rank["swapped"]:
+            spread = "" if s["spread"] is None else (
+                f"; within the seed spread ({s['spread']:.1f}), so not resolved by these runs" if s["within_spread"]
+                else f"; larger than the seed spread ({s['spread']:.1f})")
+            L.append(f"- **Disagrees**: the paper has {lab[s['paper_higher']]} above {lab[s['paper_lower']]}; "
+                     f"we measure {s['ours_diff']:+.1f}{spread}.")
+        extra = [r["label"] for r in rows if r["mean"].get(h) is not None and h not in r["paper"]]
+        if extra:
+            L.append(f"- Not in the paper's table (no paper number to rank against): {', '.join(extra)}.")
+    else:
+        L.append("No row has both a finished run and a paper number yet.")
+    L.append("")
+    bad = [r for r in collected["runs"] if r["status"] != "done"]
+    if bad:
+        L += ["## Runs not done", "", "| row | seed | status | error |", "|---|---|---|---|"]
+        for r in bad:
+            err = (r.get("error") or "").replace("|", "\\|")
+            L.append(f"| {r['row']} | {r['seed']} | {r['status']} | {err} |")
+        L.append("")
+    if any(m.key.startswith("box_proposals/") for m in suite.metrics):
+        L += ["## How AR is computed", "", AR_NOTE, ""]
+    L += ["## Files", "", "results.csv (one line per run), results.json (runs and per-row summary), "
+          "each run's folder `<row>/seed<k>/` (config.yaml, log.txt, metrics.json, run.json, model_final.pth).", ""]
+    return "\n".join(L)
+
+
+def write_report(sweep_dir: str) -> Dict[str, str]:
+    """Write ``results.csv``, ``results.json``, ``report.md`` and ``<suite>.png`` into ``sweep_dir``.
+
+    Returns:
+        ``{file name: path}`` of the files written.
+
+    Raises:
+        FileNotFoundError: ``sweep_dir`` has no ``sweep.json``.
+    """
+    col = collect(sweep_dir)
+    suite: Suite = col["suite"]
+    rows = summarize(col)
+    rank = ranking_agreement(rows, suite.headline)
+    paths = {n: os.path.join(sweep_dir, n) for n in ("results.csv", "results.json", "report.md")}
+    paths["png"] = os.path.join(sweep_dir, f"{suite.name}.png")
+    write_text_atomic(paths["results.csv"], _csv(col))
+    write_json_atomic(paths["results.json"], dict(
+        suite=suite.name, headline=suite.headline, seeds=col["seeds"], opts=col["opts"], runs=col["runs"],
+        rows=[{k: v for k, v in r.items() if k != "per_seed"} for r in rows], ranking=rank,
+    ))
+    _plot(paths["png"], suite, rows, {r["row"]: r["per_seed"] for r in rows})
+    write_text_atomic(paths["report.md"], _markdown(col, rows, rank, paths["png"]))
+    return paths
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fpn_variants.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", nargs="+", help="sweep folder(s) holding sweep.json")
+    a = p.parse_args(argv)
+    for d in a.sweep_dir:
+        try:
+            paths = write_report(d)
+        except FileNotFoundError as e:
+            p.error(str(e))
+        print(paths["report.md"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

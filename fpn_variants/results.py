@@ -1,0 +1,116 @@
+"""Reading a run's own result files robustly, and writing result files atomically.
+
+Detectron2's ``OUTPUT_DIR/metrics.json`` is JSON *lines*: one object per logged iteration
+(``{"iteration": 199, "total_loss": ..., "bbox/AP": ...}``), appended to again when a run is
+resumed (so an iteration may appear twice) and holding evaluation-only lines (``EvalHook`` puts the
+flattened results, e.g. ``"box_proposals/AR@1000"``, at the iteration where it evaluated). A killed
+run can leave a truncated last line. The rules here:
+
+* a line that is not a JSON object with an integer ``"iteration"`` is skipped (and counted);
+* within one iteration, a later line's value of a key replaces an earlier one's ("the last value
+  per iteration counts");
+* a run's final value of a metric is its value at the *highest* iteration that has the metric.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Dict, Iterable, Optional, Tuple
+
+__all__ = ["read_metrics", "final_metrics", "last_iteration", "write_json_atomic", "write_text_atomic"]
+
+
+def read_metrics(path: str) -> Tuple[Dict[int, Dict[str, float]], int]:
+    """Merge the lines of a Detectron2 ``metrics.json`` by iteration.
+
+    Args:
+        path: a ``metrics.json`` file (JSON lines).
+
+    Returns:
+        ``(by_iteration, skipped)``: ``{iteration: {key: value}}`` with later lines overriding
+        earlier ones within an iteration, and the number of unreadable lines skipped.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    merged: Dict[int, Dict[str, float]] = {}
+    skipped = 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                skipped += 1
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("iteration"), int):
+                skipped += 1
+                continue
+            it = obj.pop("iteration")
+            merged.setdefault(it, {}).update(obj)
+    return merged, skipped
+
+
+def final_metrics(run_dir: str, keys: Iterable[str]) -> Dict[str, float]:
+    """The final value of each of ``keys`` in ``run_dir/metrics.json`` (its value at the highest
+    iteration holding it); keys never logged are left out. NaN stays NaN (e.g. AP_l with no large
+    objects). Returns ``{}`` if the file does not exist."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return {}
+    merged, _ = read_metrics(path)
+    out: Dict[str, float] = {}
+    for key in keys:
+        its = [it for it, d in merged.items() if key in d]
+        if its:
+            v = merged[max(its)][key]
+            out[key] = float("nan") if v is None else float(v)
+    return out
+
+
+def last_iteration(run_dir: str) -> Optional[int]:
+    """The highest iteration logged in ``run_dir/metrics.json`` (``None`` if nothing yet)."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        merged, _ = read_metrics(path)
+    except OSError:
+        return None
+    return max(merged) if merged else None
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``, so
+    that a reader (or a kill at any moment) sees the old file or the new one, never a partial one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """:func:`write_text_atomic` of ``obj`` as strict JSON (NaN / inf written as ``null``)."""
+    write_text_atomic(path, json.dumps(_json_safe(obj), indent=1, sort_keys=False) + "\n")

@@ -1,0 +1,200 @@
+"""Sweep suites: the paper's ablation tables as lists of configs, with the paper's numbers.
+
+A :class:`Suite` is data: its rows (a label after the paper's row, a config file, extra overrides,
+the paper's value of each metric) and the metrics read from every run's ``metrics.json``. Suites of
+this module are looked up by name (:func:`get_suite`); a user's own suite is a JSON file with the
+same fields (:meth:`Suite.from_dict`), passed to ``python -m fpn_variants.sweep path/to/suite.json``.
+
+Sources: Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017, Table 1 (RPN
+proposals, AR in %), Table 2 (Fast R-CNN on fixed proposals, AP in %), Table 3 (Faster R-CNN, AP
+in %), all on COCO minival with ResNet-50.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+__all__ = ["Metric", "Row", "Suite", "SUITES", "get_suite", "register_suite", "config_root"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A column of a suite's table: ``key`` as Detectron2 writes it to ``metrics.json``
+    (e.g. ``"bbox/AP"``, ``"box_proposals/AR@1000"``), ``name`` as the paper prints it."""
+
+    key: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: ``key`` names its run folder, ``label`` is the paper's row name,
+    ``config`` a Detectron2 YAML (relative to :func:`config_root` or absolute), ``opts`` extra
+    ``KEY VALUE`` overrides, ``paper`` the paper's value per metric name (missing: not in the paper)."""
+
+    key: str
+    label: str
+    config: str
+    opts: Tuple[str, ...] = ()
+    paper: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A sweep: ``rows`` x seeds runs of ``train_net``; the report ranks rows by ``headline``.
+
+    ``proposals``: for a Fast R-CNN suite (Table 2), the config of the RPN whose proposals every
+    row is trained and evaluated on (dumped once, in Detectron2's precomputed-proposal format).
+    """
+
+    name: str
+    title: str
+    metrics: Tuple[Metric, ...]
+    headline: str
+    rows: Tuple[Row, ...]
+    source: str = ""
+    notes: str = ""
+    proposals: Optional[str] = None
+
+    def __post_init__(self):
+        names = [m.name for m in self.metrics]
+        if self.headline not in names:
+            raise ValueError(f"suite {self.name!r}: headline {self.headline!r} is not one of its metrics {names}")
+        keys = [r.key for r in self.rows]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup or not keys:
+            raise ValueError(f"suite {self.name!r}: row keys must be unique and non-empty; duplicated: {dup}")
+        for r in self.rows:
+            bad = sorted(set(r.paper) - set(names))
+            if bad:
+                raise ValueError(f"suite {self.name!r} row {r.key!r}: paper values for unknown metrics {bad}; metrics: {names}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Suite":
+        """Build a suite from :meth:`to_dict`'s layout (e.g. a user's JSON file).
+
+        Raises:
+            ValueError: a missing or unknown field (named), or an inconsistent suite.
+        """
+        allowed = {"name", "title", "metrics", "headline", "rows", "source", "notes", "proposals"}
+        unknown = sorted(set(d) - allowed)
+        missing = sorted({"name", "title", "metrics", "headline", "rows"} - set(d))
+        if unknown or missing:
+            raise ValueError(f"suite fields: unknown {unknown}, missing {missing}; valid fields: {sorted(allowed)}")
+        try:
+            metrics = tuple(Metric(**m) for m in d["metrics"])
+            rows = tuple(
+                Row(r["key"], r["label"], r["config"], tuple(str(o) for o in r.get("opts", ())), dict(r.get("paper", {})))
+                for r in d["rows"]
+            )
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"suite {d.get('name')!r}: bad metric or row entry ({e}); a metric is "
+                             "{'key', 'name'}, a row {'key', 'label', 'config', 'opts'?, 'paper'?}") from e
+        rest = {k: d[k] for k in ("source", "notes", "proposals") if k in d}
+        return cls(d["name"], d["title"], metrics, d["headline"], rows, **rest)
+
+
+def config_root() -> str:
+    """Folder that suite configs are relative to: ``$FPN_VARIANTS_CONFIGS`` or the repository's
+    ``configs/`` (next to the ``fpn_variants`` package)."""
+    return os.environ.get("FPN_VARIANTS_CONFIGS") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"
+    )
+
+
+AR = (
+    Metric("box_proposals/AR@100", "AR100"),
+    Metric("box_proposals/AR@1000", "AR1k"),
+    Metric("box_proposals/ARs@1000", "AR1k_s"),
+    Metric("box_proposals/ARm@1000", "AR1k_m"),
+    Metric("box_proposals/ARl@1000", "AR1k_l"),
+)
+AP = (
+    Metric("bbox/AP50", "AP@0.5"),
+    Metric("bbox/AP", "AP"),
+    Metric("bbox/APs", "AP_s"),
+    Metric("bbox/APm", "AP_m"),
+    Metric("bbox/APl", "AP_l"),
+)
+
+
+def _paper(names, values):
+    return dict(zip([m.name for m in names], values))
+
+
+# (key, label, config stem, paper numbers)
+_TABLE1 = (
+    ("a_C4", "(a) baseline on conv4 (C4)", "rpn_a_C4", (36.1, 48.3, 32.0, 58.7, 62.2)),
+    ("b_C5", "(b) baseline on conv5 (C5)", "rpn_b_C5", (36.3, 44.9, 25.3, 55.5, 64.2)),
+    ("c_fpn", "(c) FPN {P2..P6}", "rpn_c_fpn", (44.0, 56.3, 44.9, 63.4, 66.2)),
+    ("d_bottom_up", "(d) bottom-up pyramid", "rpn_d_bottom_up", (37.4, 49.5, 30.5, 59.9, 68.0)),
+    ("e_top_down", "(e) top-down pyramid, w/o lateral", "rpn_e_top_down", (34.5, 46.1, 26.5, 57.4, 64.7)),
+    ("f_p2_only", "(f) only finest level (P2)", "rpn_f_p2_only", (38.4, 51.3, 35.1, 59.7, 67.6)),
+    ("lateral_only", "lateral-only (Fig. 1(c) hierarchy)", "rpn_lateral_only", ()),
+    ("residual", "residual-block connections (Sec. 3)", "rpn_residual", ()),
+)
+_TABLE2 = (
+    ("a_C4", "(a) C4, conv5 head", "fast_rcnn_a_C4", (54.7, 31.9, 15.7, 36.5, 45.5)),
+    ("b_C5", "(b) C5, 2fc head", "fast_rcnn_b_C5", (52.9, 28.8, 11.9, 32.4, 43.4)),
+    ("c_fpn", "(c) FPN {P2..P5}, 2fc", "fast_rcnn_c_fpn", (56.9, 33.9, 17.8, 37.7, 45.8)),
+    ("d_bottom_up", "(d) bottom-up pyramid, 2fc", "fast_rcnn_d_bottom_up", (44.9, 24.9, 10.9, 24.4, 38.5)),
+    ("e_top_down", "(e) top-down, w/o lateral, 2fc", "fast_rcnn_e_top_down", (54.0, 31.3, 13.3, 35.2, 45.3)),
+    ("f_p2_only", "(f) only finest level (P2), 2fc", "fast_rcnn_f_p2_only", (56.3, 33.4, 17.3, 37.3, 45.6)),
+)
+_TABLE3 = (
+    ("a_C4", "(a) RPN C4, head conv5", "faster_rcnn_a_C4", (53.1, 31.6, 13.2, 35.6, 47.1)),
+    ("b_C5", "(b) RPN C5, head 2fc", "faster_rcnn_b_C5", (51.7, 28.0, 9.6, 31.9, 43.1)),
+    ("c_fpn", "(c) FPN, RPN {P2..P6}, 2fc", "faster_rcnn_c_fpn", (56.9, 33.9, 17.8, 37.7, 45.8)),
+)
+
+_NEON_NOTE = (
+    "NEON tree crowns (fpn_variants.data.neon), CPU ablation recipe of configs/NEON/Base-NEON-Sweep.yaml: "
+    "R-18 trained from scratch, d = 128, 200 iterations x 8 tiles. The paper's numbers are COCO with an "
+    "ImageNet-pretrained R-50 on 8 GPUs; compare orderings, not values."
+)
+
+
+def _suite(name, title, source, metrics, headline, table, folder, notes="", proposals=None):
+    rows = tuple(
+        Row(key, label, f"{folder}/{stem}.yaml", (), _paper(metrics, vals) if vals else {})
+        for key, label, stem, vals in table
+    )
+    return Suite(name, title, metrics, headline, rows, source=source, notes=notes, proposals=proposals)
+
+
+SUITES: Dict[str, Suite] = {}
+
+
+def register_suite(suite: Suite) -> Suite:
+    """Add ``suite`` to :data:`SUITES` under ``suite.name`` (replacing one of that name)."""
+    SUITES[suite.name] = suite
+    return suite
+
+
+for _folder, _suffix, _note in (("COCO", "", "COCO 2017, the paper's R-50 schedule (GPUs)."), ("NEON", "-neon", _NEON_NOTE)):
+    register_suite(_suite(
+        "table1" + _suffix, "RPN proposals: bottom-up, top-down and lateral pathways",
+        "Table 1", AR, "AR1k", _TABLE1, _folder, _note,
+    ))
+    register_suite(_suite(
+        "table2" + _suffix, "Fast R-CNN on the fixed proposals of Table 1(c)",
+        "Table 2", AP, "AP", _TABLE2, _folder, _note, proposals=f"{_folder}/rpn_c_fpn.yaml",
+    ))
+    register_suite(_suite(
+        "table3" + _suffix, "Faster R-CNN: FPN against single-scale C4 / C5 baselines",
+        "Table 3", AP, "AP", _TABLE3, _folder, _note,
+    ))
+
+
+def get_suite(name: str) -> Suite:
+    """The suite called ``name``. Raises ``KeyError`` naming close matches and every suite."""
+    if name in SUITES:
+        return SUITES[name]
+    close = difflib.get_close_matches(name, list(SUITES), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"unknown sweep suite {name!r}.{hint} Suites: {', '.join(sorted(SUITES))} (or a suite .json file)")
