@@ -167,7 +167,7 @@ def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[in
     import matplotlib.pyplot as plt
 
     h = suite.headline
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 5.0))
     xs = range(len(rows))
     means = [r["mean"][h] if r["mean"][h] is not None else float("nan") for r in rows]
     stds = [r["std"][h] or 0.0 for r in rows]

@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Sequence
 from .results import final_metrics, last_iteration, write_json_atomic
 from .suites import Suite, config_root, get_suite
 
-__all__ = ["RunSpec", "EXECUTORS", "plan_runs", "execute_run", "run_status", "run_sweep", "cli"]
+__all__ = ["RunSpec", "EXECUTORS", "plan_runs", "execute_run", "execute_proposals", "run_status", "run_sweep", "cli"]
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 RUN_FILE = "run.json"
@@ -276,8 +276,6 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
         KeyError: unknown suite name. ValueError: unknown executor, bad seeds / jobs / overrides, or an
         output folder holding a sweep with other overrides. RuntimeError: another sweep holds the folder.
     """
-    from tqdm import tqdm
-
     if isinstance(suite, str):
         suite = load_suite(suite)
     if executor not in EXECUTORS:
@@ -287,6 +285,8 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
         raise ValueError(f"seeds must be a count >= 1 or non-negative seeds; got {seeds}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
+    if len(opts) % 2:
+        raise ValueError(f"overrides must be KEY VALUE pairs; got an odd number: {list(opts)}")
     output = os.path.abspath(output or os.path.join("output", "sweeps", suite.name))
     os.makedirs(output, exist_ok=True)
     if threads is None and jobs > 1 and executor != "slurm":
@@ -298,57 +298,147 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
     with _Lock(output):
         _check_manifest(output, suite, opts, seeds, command)
         specs = plan_runs(suite, seeds, output, opts, threads, num_gpus, keep_checkpoints)
-        records: Dict[str, dict] = {}
-        todo = []
-        for s in specs:
-            st = run_status(s.run_dir)
-            if st and st.get("status") == "done":
-                records[s.run_dir] = st
-            else:
-                todo.append(s)
-        max_iter = _max_iter(specs[0]) if specs else None
-        bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run", desc=suite.name, dynamic_ncols=True,
-                   mininterval=1 if sys.stderr.isatty() else 60)
         ex = _make_executor(executor, output, jobs, slurm)
-        limit = len(todo) if executor == "slurm" else jobs
-        pending = list(todo)
-        running = {}
         try:
-            while pending or running:
-                while pending and len(running) < limit:
-                    spec = pending.pop(0)
-                    running[spec.run_dir] = (spec, ex.submit(execute_run, spec))
-                for key, (spec, fut) in list(running.items()):
-                    if not fut.done():
-                        continue
-                    del running[key]
-                    try:
-                        rec = fut.result()
-                    except Exception as e:  # the job itself died (scheduler, pickling, OOM kill)
-                        rec = _failed_record(spec, e)
-                    records[key] = rec
-                    bar.update(1)
-                    if rec["status"] != "done":
-                        tqdm.write(f"[sweep] {spec.row} seed {spec.seed} failed: {rec.get('error')}")
-                    else:
-                        vals = ", ".join(f"{k.split('/')[-1]} {v:.1f}" for k, v in rec["metrics"].items())
-                        tqdm.write(f"[sweep] {spec.row} seed {spec.seed} done in {rec.get('seconds', 0):.0f} s: {vals}")
-                now = {f"{s.row}/s{s.seed}": f"{(last_iteration(s.run_dir) or 0)}/{max_iter}" for s, _ in running.values()}
-                bar.set_postfix(now, refresh=False)
-                bar.refresh() if sys.stderr.isatty() else None
-                if running:
-                    time.sleep(poll_s)
+            if suite.proposals:
+                prop = _proposal_spec(suite, output, opts, threads, num_gpus, keep_checkpoints)
+                rec = run_status(prop.run_dir)
+                if not _proposals_done(rec):
+                    (rec,) = _drive(ex, [prop], execute_proposals, 1, f"{suite.name} proposals", poll_s)
+                if not _proposals_done(rec):
+                    why = f"not run: the proposals stage ({prop.run_dir}) failed: {rec.get('error')}"
+                    for sp in specs:
+                        if (run_status(sp.run_dir) or {}).get("status") != "done":
+                            _failed_record(sp, RuntimeError(why))
+                    specs_done = [run_status(sp.run_dir) for sp in specs]
+                    if report:
+                        from .report import write_report
+
+                        write_report(output)
+                    return specs_done
+                specs = [_with_proposals(sp, rec["proposal_files"]) for sp in specs]
+            out = _drive(ex, specs, execute_run, len(specs) if executor == "slurm" else jobs, suite.name, poll_s)
         finally:
-            bar.close()
             if isinstance(ex, ThreadPoolExecutor):
                 ex.shutdown(wait=True)
-        out = [records.get(s.run_dir) or run_status(s.run_dir) for s in specs]
     if report:
         from .report import write_report
 
         paths = write_report(output)
         print(f"[sweep] report: {paths['report.md']}")
     return out
+
+
+def _drive(ex, specs: List[RunSpec], fn, limit: int, desc: str, poll_s: float) -> List[dict]:
+    """Run ``fn(spec)`` for every spec not yet done, at most ``limit`` at once, with a progress bar of
+    runs done / total and each running run's iteration; returns the records in ``specs`` order."""
+    from tqdm import tqdm
+
+    records: Dict[str, dict] = {}
+    pending = []
+    for s in specs:
+        st = run_status(s.run_dir)
+        if st and st.get("status") == "done" and fn is execute_run:
+            records[s.run_dir] = st
+        else:
+            pending.append(s)
+    max_iter = _max_iter(specs[0]) if specs else None
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(specs), initial=len(specs) - len(pending), unit="run", desc=desc, dynamic_ncols=True,
+               mininterval=1 if tty else 60)
+    running = {}
+    try:
+        while pending or running:
+            while pending and len(running) < limit:
+                spec = pending.pop(0)
+                running[spec.run_dir] = (spec, ex.submit(fn, spec))
+            for key, (spec, fut) in list(running.items()):
+                if not fut.done():
+                    continue
+                del running[key]
+                try:
+                    rec = fut.result()
+                except Exception as e:  # the job itself died (scheduler, pickling, OOM kill)
+                    rec = _failed_record(spec, e)
+                records[key] = rec
+                bar.update(1)
+                if rec["status"] != "done":
+                    tqdm.write(f"[sweep] {spec.row} seed {spec.seed} failed: {rec.get('error')}")
+                else:
+                    vals = ", ".join(f"{k.split('/')[-1]} {v:.1f}" for k, v in rec["metrics"].items())
+                    tqdm.write(f"[sweep] {spec.row} seed {spec.seed} done in {rec.get('seconds', 0):.0f} s: {vals}")
+            bar.set_postfix({f"{s.row}/s{s.seed}": f"{last_iteration(s.run_dir) or 0}/{max_iter}"
+                             for s, _ in running.values()}, refresh=tty)
+            if running:
+                time.sleep(poll_s)
+    finally:
+        bar.close()
+    return [records.get(s.run_dir) or run_status(s.run_dir) for s in specs]
+
+
+def _proposal_spec(suite: Suite, output: str, opts, threads, num_gpus, keep_checkpoints) -> RunSpec:
+    run_dir = os.path.abspath(os.path.join(output, "proposals"))
+    keys = ("box_proposals/AR@100", "box_proposals/AR@1000")
+    return RunSpec(suite.name, "proposals", 0, run_dir, _resolve_config(suite.proposals),
+                   (*opts, "OUTPUT_DIR", run_dir, "SEED", "0"), keys, num_gpus, threads, keep_checkpoints)
+
+
+def _proposals_done(rec: Optional[dict]) -> bool:
+    return bool(rec and rec.get("status") == "done" and rec.get("proposal_files")
+                and all(os.path.isfile(p) for p in rec["proposal_files"].values()))
+
+
+def execute_proposals(spec: RunSpec) -> dict:
+    """Job function of a Fast R-CNN suite's first stage: train the proposals RPN (:func:`execute_run`,
+    skipped if already done), then dump its proposals on ``DATASETS.TRAIN + DATASETS.TEST`` with
+    ``python -m fpn_variants.proposals`` into ``run_dir``. The record gains ``proposal_files``
+    (``{dataset: path}``); a failure of either step gives ``status "failed"``."""
+    from .config import load_config
+    from .proposals import proposal_file
+
+    rec = run_status(spec.run_dir)
+    if not rec or rec.get("status") != "done":
+        rec = execute_run(spec)
+        if rec["status"] != "done":
+            return rec
+    cfg = load_config(spec.config_file, list(spec.opts))
+    files = {d: proposal_file(spec.run_dir, d) for d in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)}
+    cmd = [sys.executable, "-m", "fpn_variants.proposals", "--config-file", spec.config_file, "--output-dir",
+           spec.run_dir, *spec.opts, "MODEL.WEIGHTS", os.path.join(spec.run_dir, "model_final.pth")]
+    with open(os.path.join(spec.run_dir, "stdout.txt"), "a") as log:
+        log.write(f"\n### {shlex.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None).returncode
+    if rc != 0 or not all(os.path.isfile(p) for p in files.values()):
+        with open(os.path.join(spec.run_dir, "stdout.txt"), errors="replace") as f:
+            tail = f.readlines()[-40:]
+        rec.update(status="failed", returncode=rc, error="dumping proposals failed: " + _error_line(tail),
+                   log_tail="".join(tail[-25:]))
+    else:
+        rec.update(proposal_files=files, dump_command=shlex.join(cmd))
+    write_json_atomic(os.path.join(spec.run_dir, RUN_FILE), rec)
+    return rec
+
+
+def _with_proposals(spec: RunSpec, files: Dict[str, str]) -> RunSpec:
+    """``spec`` reading the dumped proposals: ``DATASETS.PROPOSAL_FILES_TRAIN / _TEST`` inserted before
+    ``OUTPUT_DIR`` (the row's datasets must be the proposals RPN's)."""
+    from dataclasses import replace
+
+    from .config import load_config
+
+    cfg = load_config(spec.config_file, list(spec.opts))
+    missing = [d for d in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if d not in files]
+    if missing:
+        raise ValueError(f"{spec.config_file}: datasets {missing} have no dumped proposals (have {sorted(files)}); "
+                         "a Fast R-CNN row must train and test on the proposals RPN's datasets")
+    train = tuple(files[d] for d in cfg.DATASETS.TRAIN)
+    test = tuple(files[d] for d in cfg.DATASETS.TEST)
+    i = spec.opts.index("OUTPUT_DIR")
+    opts = (*spec.opts[:i], "DATASETS.PROPOSAL_FILES_TRAIN", repr(train), "DATASETS.PROPOSAL_FILES_TEST", repr(test),
+            *spec.opts[i:])
+    return replace(spec, opts=opts)
 
 
 def _max_iter(spec: RunSpec) -> Optional[int]:

@@ -1,0 +1,254 @@
+"""Sweeps end to end on the real NEON data with a tiny recipe: the local executor and submitit's
+LocalExecutor run every row x seed; a killed sweep loses no finished run and resumes the interrupted
+one; a failed run is recorded and reported; the report's numbers are the runs' own metrics.json
+values; metrics.json is read robustly."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from fpn_variants.report import collect, ranking_agreement, summarize, write_report
+from fpn_variants.results import final_metrics, read_metrics
+from fpn_variants.suites import SUITES, Metric, Row, Suite, config_root, get_suite
+from fpn_variants.sweep import plan_runs, run_status, run_sweep
+
+# RPN-only on 96-px tiles, d = 32, 2 iterations of 2 tiles: ~10 s per run on 2 cores.
+TINY = (
+    "MODEL.FPN.OUT_CHANNELS", "32", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",
+    "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
+)
+AR = (Metric("box_proposals/AR@100", "AR100"), Metric("box_proposals/AR@1000", "AR1k"))
+
+
+def tiny_suite(name="tiny", bad_row=False):
+    rows = [
+        Row("c_fpn", "(c) FPN", "NEON/rpn_c_fpn.yaml", paper={"AR100": 44.0, "AR1k": 56.3}),
+        Row("d_bottom_up", "(d) bottom-up", "NEON/rpn_d_bottom_up.yaml", paper={"AR100": 37.4, "AR1k": 49.5}),
+    ]
+    if bad_row:
+        rows[1] = Row("bad", "misspelt backbone", "NEON/rpn_c_fpn.yaml", opts=("MODEL.BACKBONE.NAME", "build_fpn_ful_backbone"))
+    return Suite(name, "tiny test suite", AR, "AR1k", tuple(rows), source="Table 1")
+
+
+@pytest.fixture(autouse=True)
+def _datasets(neon_root, monkeypatch):
+    monkeypatch.setenv("FPN_VARIANTS_DATASETS", os.path.dirname(neon_root))
+
+
+def eval_values_from_metrics_json(run_dir, key):
+    """Independent of fpn_variants.results: the value of ``key`` in the last line holding it."""
+    last = None
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        for line in f:
+            d = json.loads(line)
+            if key in d:
+                last = d[key]
+    return last
+
+
+def check_complete_sweep(out, suite, seeds):
+    with open(os.path.join(out, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["row"], int(r["seed"])) for r in rows] == [(row.key, s) for row in suite.rows for s in seeds]
+    for r in rows:
+        assert r["status"] == "done"
+        run_dir = os.path.join(out, r["row"], f"seed{r['seed']}")
+        for m in suite.metrics:
+            assert float(r[m.name]) == eval_values_from_metrics_json(run_dir, m.key)
+        assert os.path.isfile(os.path.join(run_dir, "model_final.pth"))
+        assert not [n for n in os.listdir(run_dir) if n.startswith("model_0")], "intermediate checkpoints kept"
+    res = json.load(open(os.path.join(out, "results.json")))
+    for row in res["rows"]:
+        vals = [float(r["AR1k"]) for r in rows if r["row"] == row["row"]]
+        assert row["n_done"] == len(seeds)
+        assert row["mean"]["AR1k"] == pytest.approx(sum(vals) / len(vals))
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| (c) FPN |" in md and "(56.3)" in md and "## Ranking by AR1k" in md and "How AR is computed" in md
+    assert os.path.getsize(os.path.join(out, f"{suite.name}.png")) > 5000
+
+
+def test_local_executor_two_rows_two_seeds(tmp_path):
+    suite = tiny_suite()
+    out = str(tmp_path / "sweep")
+    records = run_sweep(suite, seeds=2, executor="local", output=out, opts=TINY, jobs=2, poll_s=0.5)
+    assert [(r["row"], r["seed"], r["status"]) for r in records] == [
+        ("c_fpn", 0, "done"), ("d_bottom_up", 0, "done"), ("c_fpn", 1, "done"), ("d_bottom_up", 1, "done")]
+    check_complete_sweep(out, suite, [0, 1])
+    # different seeds, different runs
+    assert records[0]["metrics"] != records[2]["metrics"] or records[0]["command"] != records[2]["command"]
+    # re-running the same sweep redoes nothing
+    before = {r["row"] + str(r["seed"]): os.path.getmtime(os.path.join(out, r["row"], f"seed{r['seed']}", "run.json"))
+              for r in records}
+    t0 = time.time()
+    again = run_sweep(suite, seeds=2, executor="local", output=out, opts=TINY, poll_s=0.5)
+    assert time.time() - t0 < 20 and [r["status"] for r in again] == ["done"] * 4
+    for r in records:
+        assert os.path.getmtime(os.path.join(out, r["row"], f"seed{r['seed']}", "run.json")) == before[r["row"] + str(r["seed"])]
+    # other overrides must not be averaged into the same folder
+    with pytest.raises(ValueError, match="Use another --output"):
+        run_sweep(suite, seeds=2, output=out, opts=TINY + ("SOLVER.BASE_LR", "0.01"))
+
+
+def test_submitit_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    suite = tiny_suite("tiny_submitit")
+    out = str(tmp_path / "sweep")
+    records = run_sweep(suite, seeds=2, executor="submitit-local", output=out, opts=TINY, jobs=2, poll_s=0.5)
+    assert [r["status"] for r in records] == ["done"] * 4
+    assert os.path.isdir(os.path.join(out, "submitit"))  # submitit's own job folders (logs, pickles)
+    check_complete_sweep(out, suite, [0, 1])
+
+
+def test_failed_run_is_recorded_and_reported_and_others_go_on(tmp_path):
+    suite = tiny_suite("tiny_failing", bad_row=True)
+    out = str(tmp_path / "sweep")
+    records = run_sweep(suite, seeds=1, output=out, opts=TINY, poll_s=0.5)
+    good, bad = records
+    assert good["status"] == "done"
+    assert bad["status"] == "failed" and bad["returncode"] != 0
+    assert "build_fpn_ful_backbone" in bad["error"] and "build_fpn_full_backbone" in bad["error"], bad["error"]
+    assert run_status(os.path.join(out, "bad", "seed0"))["status"] == "failed"
+    md = open(os.path.join(out, "report.md")).read()
+    assert "## Runs not done" in md and "| bad | 0 | failed |" in md
+    assert "0 (1 failed)" in md
+    rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
+    assert rows[1]["status"] == "failed" and "build_fpn_ful_backbone" in rows[1]["error"]
+    # the CLI exits 1 when a run failed, and names it
+    proc = subprocess.run([sys.executable, "-m", "fpn_variants.sweep", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--executor" in proc.stdout
+
+
+def test_killed_sweep_loses_nothing_and_resumes_the_interrupted_run(tmp_path):
+    suite = tiny_suite("tiny_kill")
+    suite_file = tmp_path / "suite.json"
+    suite_file.write_text(json.dumps(suite.to_dict()))
+    out = str(tmp_path / "sweep")
+    longer = list(TINY)
+    longer[longer.index("SOLVER.MAX_ITER") + 1] = "12"
+    longer += ["SOLVER.CHECKPOINT_PERIOD", "4"]
+    cmd = [sys.executable, "-m", "fpn_variants.sweep", str(suite_file), "--seeds", "1", "--output", out, *longer]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first, second = os.path.join(out, "c_fpn", "seed0"), os.path.join(out, "d_bottom_up", "seed0")
+    deadline = time.time() + 300
+    tag = os.path.join(second, "last_checkpoint")  # written after the checkpoint file itself
+    while time.time() < deadline and not os.path.isfile(tag):
+        time.sleep(0.2)
+    assert os.path.isfile(tag), "second run never checkpointed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    assert run_status(first)["status"] == "done"
+    assert run_status(second) is None  # interrupted: no record, so the next sweep resumes it
+    done_mtime = os.path.getmtime(os.path.join(first, "run.json"))
+    with open(tag) as f:
+        assert f.read().strip() == "model_0000003.pth"
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert os.path.getmtime(os.path.join(first, "run.json")) == done_mtime  # finished run skipped
+    assert run_status(second)["status"] == "done"
+    log = open(os.path.join(second, "log.txt")).read()
+    assert "Starting training from iteration 0" in log and "Starting training from iteration 4" in log
+    merged, _ = read_metrics(os.path.join(second, "metrics.json"))
+    assert max(it for it, d in merged.items() if "total_loss" in d) == 11
+    assert run_status(second)["metrics"] == final_metrics(second, [m.key for m in AR])
+
+
+def test_metrics_json_read_robustly(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    lines = [
+        {"iteration": 19, "total_loss": 1.0},
+        {"iteration": 39, "total_loss": 0.5},
+        {"iteration": 19, "total_loss": 0.9},            # resumed run appends iteration 19 again
+        {"iteration": 39, "total_loss": 0.4, "bbox/AP": 10.0},
+        {"iteration": 39, "bbox/AP": 12.5},              # evaluation-only line: last value counts
+        {"iteration": 40, "bbox/APl": float("nan")},
+    ]
+    text = "\n".join(json.dumps(l) for l in lines) + '\n{"iteration": 41, "total_lo'  # killed mid-write
+    (d / "metrics.json").write_text(text)
+    merged, skipped = read_metrics(str(d / "metrics.json"))
+    assert skipped == 1 and merged[19] == {"total_loss": 0.9} and merged[39]["bbox/AP"] == 12.5
+    fm = final_metrics(str(d), ["bbox/AP", "total_loss", "bbox/APl", "bbox/APs"])
+    assert fm["bbox/AP"] == 12.5 and fm["total_loss"] == 0.4 and fm["bbox/APl"] != fm["bbox/APl"]
+    assert "bbox/APs" not in fm
+    assert final_metrics(str(tmp_path / "nowhere"), ["bbox/AP"]) == {}
+
+
+def test_ranking_agreement_marks_swaps_within_seed_spread():
+    rows = [
+        dict(row="a", mean={"AP": 30.0}, std={"AP": 0.5}, paper={"AP": 31.6}),
+        dict(row="b", mean={"AP": 30.4}, std={"AP": 0.5}, paper={"AP": 28.0}),
+        dict(row="c", mean={"AP": 35.0}, std={"AP": 0.1}, paper={"AP": 33.9}),
+    ]
+    r = ranking_agreement(rows, "AP")
+    assert r["ours"] == ["c", "b", "a"] and r["paper"] == ["c", "a", "b"]
+    assert r["concordant"] == 2 and r["discordant"] == 1 and r["kendall_tau"] == pytest.approx(1 / 3)
+    (s,) = r["swapped"]
+    assert s["paper_higher"] == "a" and s["ours_diff"] == pytest.approx(-0.4) and s["within_spread"]
+
+
+def test_suites_are_consistent_and_their_configs_exist():
+    assert {"table1", "table2", "table3", "table1-neon", "table2-neon", "table3-neon"} <= set(SUITES)
+    for suite in SUITES.values():
+        for row in suite.rows:
+            assert os.path.isfile(os.path.join(config_root(), row.config)), (suite.name, row.config)
+        if suite.proposals:
+            assert os.path.isfile(os.path.join(config_root(), suite.proposals))
+    t1 = get_suite("table1")
+    assert [r.paper.get("AR1k") for r in t1.rows[:6]] == [48.3, 44.9, 56.3, 49.5, 46.1, 51.3]
+    assert get_suite("table3-neon").rows[2].paper["AP"] == 33.9
+    # seed-major plan: every row of seed 0 before seed 1
+    specs = plan_runs(get_suite("table3-neon"), [0, 1], "/tmp/x")
+    assert [(s.row, s.seed) for s in specs][:4] == [("a_C4", 0), ("b_C5", 0), ("c_fpn", 0), ("a_C4", 1)]
+    assert specs[0].command[-4:] == ["OUTPUT_DIR", "/tmp/x/a_C4/seed0", "SEED", "0"]
+
+
+def test_bad_sweep_input_gets_clear_errors(tmp_path):
+    with pytest.raises(KeyError, match="table1-neon"):
+        get_suite("table1-neo")
+    with pytest.raises(ValueError, match="executor 'pbs' is not valid"):
+        run_sweep(tiny_suite(), executor="pbs", output=str(tmp_path))
+    with pytest.raises(ValueError, match="KEY VALUE pairs"):
+        run_sweep(tiny_suite(), output=str(tmp_path), opts=("SOLVER.MAX_ITER",))
+    with pytest.raises(ValueError, match="headline"):
+        Suite("x", "x", AR, "AP", tiny_suite().rows)
+    with pytest.raises(ValueError, match="unknown \\['colour'\\]"):
+        Suite.from_dict({**tiny_suite().to_dict(), "colour": 1})
+    assert not os.path.exists(os.path.join(tmp_path, "sweep.json"))  # nothing written for a refused sweep
+    with pytest.raises(FileNotFoundError, match="no sweep.json"):
+        write_report(str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "fpn_variants.sweep", "tabel3"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "table3" in proc.stderr
+
+
+def test_fast_rcnn_suite_trains_on_the_dumped_proposals_of_one_rpn(tmp_path):
+    """Table 2's protocol: the proposals RPN is trained once, its proposals dumped in Detectron2's
+    format, and every Fast R-CNN row reads the same files."""
+    import pickle
+
+    AP = (Metric("bbox/AP50", "AP@0.5"), Metric("bbox/AP", "AP"))
+    suite = Suite("tiny_table2", "tiny Fast R-CNN", AP, "AP", (
+        Row("b_C5", "(b) C5", "NEON/fast_rcnn_b_C5.yaml", paper={"AP": 28.8}),
+        Row("c_fpn", "(c) FPN", "NEON/fast_rcnn_c_fpn.yaml", paper={"AP": 33.9}),
+    ), source="Table 2", proposals="NEON/rpn_c_fpn.yaml")
+    out = str(tmp_path / "sweep")
+    records = run_sweep(suite, seeds=1, output=out, opts=TINY + ("MODEL.ROI_BOX_HEAD.FC_DIM", "64"), poll_s=0.5)
+    assert [r["status"] for r in records] == ["done", "done"], [r.get("error") for r in records]
+    prop = run_status(os.path.join(out, "proposals"))
+    files = prop["proposal_files"]
+    assert set(files) == {"neon_trees_train", "neon_trees_val"}
+    with open(files["neon_trees_val"], "rb") as f:
+        val = pickle.load(f)
+    assert len(val["ids"]) == 42 and val["bbox_mode"] == 0
+    assert all(b.ndim == 2 and b.shape[1] == 4 and len(b) == len(s) for b, s in zip(val["boxes"], val["objectness_logits"]))
+    for r in records:
+        run_cfg = open(os.path.join(out, r["row"], "seed0", "config.yaml")).read()
+        assert files["neon_trees_train"] in run_cfg and files["neon_trees_val"] in run_cfg
+        assert "PrecomputedProposals" in run_cfg
+    assert "| (c) FPN |" in open(os.path.join(out, "report.md")).read()
