@@ -8,7 +8,7 @@ Keys Detectron2 already has are *not* repeated here: the pyramid reads ``MODEL.F
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_fpn_variants_config", "load_config", "resnet_fpn_cfg", "validate_config"]
+__all__ = ["add_fpn_variants_config", "load_config", "register_coco_datasets", "resnet_fpn_cfg", "validate_config"]
 
 
 def add_fpn_variants_config(cfg: CN) -> CN:
@@ -45,7 +45,45 @@ def add_fpn_variants_config(cfg: CN) -> CN:
     _C.FPN_VARIANTS.AUG.BRIGHTNESS = 0.0
     _C.FPN_VARIANTS.AUG.CONTRAST = 0.0
     _C.FPN_VARIANTS.AUG.SATURATION = 0.0
+
+    # Your own COCO-format datasets, registered (Detectron2 register_coco_instances) whenever the
+    # config is loaded, also in every sweep run and spawned worker: a list of
+    # (name, json_file, image_root), e.g. on the command line
+    #   FPN_VARIANTS.REGISTER_COCO "[('my_train', 'd/train.json', 'd/images'), ('my_val', 'd/val.json', 'd/images')]"
+    #   DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)"
+    _C.FPN_VARIANTS.REGISTER_COCO = []
     return cfg
+
+
+def register_coco_datasets(cfg: CN) -> None:
+    """Register every ``(name, json_file, image_root)`` of ``FPN_VARIANTS.REGISTER_COCO`` that is not
+    registered yet (Detectron2 ``register_coco_instances``; the json is read lazily, on first use).
+
+    Raises:
+        ValueError: an entry that is not a (name, json_file, image_root) triple of strings, or a name
+            already registered with another json file.
+        FileNotFoundError: a json file or image folder that does not exist.
+    """
+    import os
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    for entry in cfg.FPN_VARIANTS.REGISTER_COCO:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and all(isinstance(x, str) for x in entry)):
+            raise ValueError(f"FPN_VARIANTS.REGISTER_COCO entry {entry!r} is not valid; each entry is a "
+                             "(name, json_file, image_root) triple of strings")
+        name, json_file, image_root = entry
+        for path in (json_file, image_root):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"FPN_VARIANTS.REGISTER_COCO {name!r}: {path} does not exist")
+        if name in DatasetCatalog.list():
+            old = MetadataCatalog.get(name).get("json_file", None)
+            if old is not None and os.path.abspath(old) != os.path.abspath(json_file):
+                raise ValueError(f"FPN_VARIANTS.REGISTER_COCO: dataset {name!r} is already registered with {old}, "
+                                 f"not {json_file}; pick another name")
+            continue
+        register_coco_instances(name, {}, json_file, image_root)
 
 
 def validate_config(cfg: CN) -> None:
@@ -122,6 +160,8 @@ def load_config(config_file: str, opts=(), cfg: CN = None) -> CN:
         FileNotFoundError: ``config_file`` does not exist.
         KeyError: a key in the file or in ``opts`` does not exist (with close matches), or see
             :func:`validate_config`.
+        FileNotFoundError / ValueError: a bad ``FPN_VARIANTS.REGISTER_COCO`` entry
+            (:func:`register_coco_datasets`).
         ValueError: an odd number of ``opts``, or see :func:`validate_config`.
     """
     import os
@@ -147,6 +187,7 @@ def load_config(config_file: str, opts=(), cfg: CN = None) -> CN:
         if "Non-existent" not in str(e):
             raise
         raise _unknown_key_error(cfg, e, "the command-line overrides") from None
+    register_coco_datasets(cfg)
     validate_config(cfg)
     return cfg
 

@@ -124,3 +124,27 @@ def test_every_config_loads_validates_and_builds(path):
     assert sum(p.numel() for p in model.parameters()) > 0
     if cfg.MODEL.META_ARCHITECTURE == "ProposalNetwork":
         assert not hasattr(model, "roi_heads")
+
+
+def test_own_coco_dataset_is_registered_from_the_config(neon_root, tmp_path):
+    """FPN_VARIANTS.REGISTER_COCO makes any COCO-format dataset usable by train_net and every sweep run."""
+    from detectron2.data import DatasetCatalog
+
+    val_json = os.path.join(neon_root, "annotations", "neon_trees_val.json")
+    images = os.path.join(neon_root, "images")
+    cfg_file = os.path.join(REPO, "configs", "NEON", "faster_rcnn_c_fpn.yaml")
+    entry = repr([("my_trees_val", val_json, images)])
+    cfg = load_config(cfg_file, ["FPN_VARIANTS.REGISTER_COCO", entry, "DATASETS.TEST", "('my_trees_val',)"])
+    assert cfg.DATASETS.TEST == ("my_trees_val",)
+    dicts = DatasetCatalog.get("my_trees_val")
+    assert len(dicts) == 42 and sum(len(d["annotations"]) for d in dicts) == 224
+    load_config(cfg_file, ["FPN_VARIANTS.REGISTER_COCO", entry])  # loading again is harmless
+    with pytest.raises(ValueError, match="already registered"):
+        other = repr([("my_trees_val", os.path.join(neon_root, "annotations", "neon_trees_train.json"), images)])
+        load_config(cfg_file, ["FPN_VARIANTS.REGISTER_COCO", other])
+    with pytest.raises(ValueError, match="triple"):
+        load_config(cfg_file, ["FPN_VARIANTS.REGISTER_COCO", "[('only_a_name',)]"])
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        load_config(cfg_file, ["FPN_VARIANTS.REGISTER_COCO", repr([("x", str(tmp_path / "nowhere.json"), images)])])
+    with pytest.raises(KeyError, match="my_trees_vla"):
+        load_config(cfg_file, ["DATASETS.TEST", "('my_trees_vla',)"])
