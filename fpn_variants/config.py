@@ -25,6 +25,7 @@ def add_fpn_variants_config(cfg: CN) -> CN:
     _C.FPN_VARIANTS.BOTTOM_UP = "build_resnet_backbone"
     # Extra coarser levels above the last pyramid level:
     #   "p6_subsample": P6 = stride-2 subsampling of P5 (paper §4.1, RPN; Detectron2 LastLevelMaxPool)
+    #   "p6_c5":        P6 = 3x3/2 conv of C5 (no P7)
     #   "p6p7_c5":      P6 = 3x3/2 conv of C5, P7 = 3x3/2 conv of relu(P6) (RetinaNet; LastLevelP6P7)
     #   "none":         no extra level (the pyramid ends at P5)
     _C.FPN_VARIANTS.TOP_BLOCK = "p6_subsample"
@@ -35,6 +36,13 @@ def add_fpn_variants_config(cfg: CN) -> CN:
     _C.FPN_VARIANTS.RESIDUAL_NUM_BLOCKS = 1
     # ... and their inner width; 0 means MODEL.FPN.OUT_CHANNELS // 4.
     _C.FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS = 0
+    # Non-linearity after every extra conv (laterals, output convs, path convs): "none" (paper §3:
+    # "no non-linearities in these extra layers", "minor impacts"), "relu" or "swish".
+    _C.FPN_VARIANTS.ACTIVATION = "none"
+    # Depthwise-separable 3x3 convs in the PANet bottom-up path and BiFPN layers (EfficientDet).
+    _C.FPN_VARIANTS.SEPARABLE_CONV = False
+    # Number of BiFPN layers of build_fpn_bifpn_backbone (EfficientDet-D0: 3), each with own weights.
+    _C.FPN_VARIANTS.PATH_REPEATS = 1
 
     # Training-time augmentation on top of Detectron2's ResizeShortestEdge + horizontal flip
     # (INPUT.MIN_SIZE_TRAIN / INPUT.RANDOM_FLIP). Used by fpn_variants.engine.Trainer.
@@ -86,6 +94,10 @@ def register_coco_datasets(cfg: CN) -> None:
         register_coco_instances(name, {}, json_file, image_root)
 
 
+# Detectron2 get_norm names usable for the pyramid's extra convs ("" = none, the paper).
+NORMS = ("", "BN", "GN", "SyncBN", "FrozenBN", "naiveSyncBN", "nnSyncBN", "LN")
+
+
 def validate_config(cfg: CN) -> None:
     """Check the values a typo most often breaks, before any model is built, with an error that
     names the bad value and what is valid.
@@ -93,13 +105,14 @@ def validate_config(cfg: CN) -> None:
     Raises:
         KeyError: ``MODEL.BACKBONE.NAME`` or ``FPN_VARIANTS.BOTTOM_UP`` not registered, or a dataset
             in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` not registered.
-        ValueError: ``MODEL.FPN.OUT_CHANNELS <= 0``, an unknown ``FPN_VARIANTS`` value,
+        ValueError: ``MODEL.FPN.OUT_CHANNELS <= 0``, an unknown ``FPN_VARIANTS`` / ``MODEL.FPN.NORM`` /
+            ``MODEL.FPN.FUSE_TYPE`` value, GN with ``d`` not a multiple of 32, ``PATH_REPEATS < 1``,
             ``RESIDUAL_NUM_BLOCKS < 1`` or ``RESIDUAL_BOTTLENECK_CHANNELS < 0``.
     """
     from detectron2.data import DatasetCatalog
 
     from .modeling.backbone import TOP_BLOCKS, check_backbone_name
-    from .modeling.pyramid import FUSE_TYPES, UPSAMPLE_MODES
+    from .modeling.pyramid import ACTIVATIONS, FUSE_TYPES, UPSAMPLE_MODES
 
     if "FPN_VARIANTS" not in cfg:
         raise KeyError("cfg has no FPN_VARIANTS node: call add_fpn_variants_config(cfg) before merge_from_file")
@@ -110,12 +123,19 @@ def validate_config(cfg: CN) -> None:
         ("FPN_VARIANTS.TOP_BLOCK", fv.TOP_BLOCK, TOP_BLOCKS),
         ("FPN_VARIANTS.UPSAMPLE_MODE", fv.UPSAMPLE_MODE, UPSAMPLE_MODES),
         ("MODEL.FPN.FUSE_TYPE", cfg.MODEL.FPN.FUSE_TYPE, FUSE_TYPES),
+        ("FPN_VARIANTS.ACTIVATION", fv.ACTIVATION, ACTIVATIONS),
+        ("MODEL.FPN.NORM", cfg.MODEL.FPN.NORM, NORMS),
     ]
     for key, value, valid in checks:
         if value not in valid:
             raise ValueError(f"{key}={value!r} is not valid; valid values: {', '.join(valid)}")
     if cfg.MODEL.FPN.OUT_CHANNELS <= 0:
         raise ValueError(f"MODEL.FPN.OUT_CHANNELS (the pyramid's d) = {cfg.MODEL.FPN.OUT_CHANNELS} must be > 0 (paper: 256)")
+    if cfg.MODEL.FPN.NORM == "GN" and cfg.MODEL.FPN.OUT_CHANNELS % 32:
+        raise ValueError(f"MODEL.FPN.NORM='GN' uses 32 groups: MODEL.FPN.OUT_CHANNELS={cfg.MODEL.FPN.OUT_CHANNELS} "
+                         "must be a multiple of 32")
+    if fv.PATH_REPEATS < 1:
+        raise ValueError(f"FPN_VARIANTS.PATH_REPEATS={fv.PATH_REPEATS} must be >= 1")
     if fv.RESIDUAL_NUM_BLOCKS < 1:
         raise ValueError(f"FPN_VARIANTS.RESIDUAL_NUM_BLOCKS={fv.RESIDUAL_NUM_BLOCKS} must be >= 1")
     if fv.RESIDUAL_BOTTLENECK_CHANNELS < 0:

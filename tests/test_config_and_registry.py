@@ -19,6 +19,8 @@ EXPECTED = {
     "build_fpn_top_down_only_backbone",
     "build_fpn_lateral_only_backbone",
     "build_fpn_residual_backbone",
+    "build_fpn_panet_backbone",
+    "build_fpn_bifpn_backbone",
 }
 
 

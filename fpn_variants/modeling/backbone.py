@@ -7,7 +7,12 @@ and returns a :class:`~fpn_variants.modeling.pyramid.FeaturePyramid` whose outpu
 into Detectron2's stock ``RPN``, ``StandardROIHeads``, ``GeneralizedRCNN`` and ``ProposalNetwork``.
 """
 import difflib
+import logging
 from typing import Dict
+
+import fvcore.nn.weight_init as weight_init
+import torch.nn.functional as F
+from torch import nn
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -16,9 +21,28 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from .presets import PRESETS
 from .pyramid import FeaturePyramid
 
-__all__ = ["TOP_BLOCKS", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg", "check_backbone_name"]
+__all__ = [
+    "TOP_BLOCKS", "LastLevelP6FromC5", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg",
+    "check_backbone_name",
+]
 
-TOP_BLOCKS = ("p6_subsample", "p6p7_c5", "none")
+TOP_BLOCKS = ("p6_subsample", "p6_c5", "p6p7_c5", "none")
+
+
+class LastLevelP6FromC5(nn.Module):
+    """P6 = 3×3 conv, stride 2, of C5 (N, C5, H, W) -> (N, d, ceil(H/2), ceil(W/2)), stride 64: the
+    alternative to the paper's subsampling of P5 (§4.1), as RetinaNet's P6 but without P7."""
+
+    num_levels = 1
+
+    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "res5"):
+        super().__init__()
+        self.in_feature = in_feature
+        self.p6 = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        weight_init.c2_xavier_fill(self.p6)
+
+    def forward(self, c5):
+        return [self.p6(c5)]
 
 
 def backbone_name(preset: str) -> str:
@@ -41,6 +65,9 @@ def _top_block(cfg, bottom_up_shapes: Dict[str, ShapeSpec]):
     kind = cfg.FPN_VARIANTS.TOP_BLOCK
     if kind == "p6_subsample":
         return LastLevelMaxPool()
+    if kind == "p6_c5":
+        last = cfg.MODEL.FPN.IN_FEATURES[-1]
+        return LastLevelP6FromC5(bottom_up_shapes[last].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last)
     if kind == "p6p7_c5":
         last = cfg.MODEL.FPN.IN_FEATURES[-1]
         return LastLevelP6P7(bottom_up_shapes[last].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last)
@@ -63,6 +90,9 @@ def pyramid_kwargs_from_cfg(cfg, preset: str) -> dict:
         upsample_mode=fv.UPSAMPLE_MODE,
         residual_blocks=fv.RESIDUAL_NUM_BLOCKS,
         bottleneck_channels=fv.RESIDUAL_BOTTLENECK_CHANNELS or None,
+        activation=fv.ACTIVATION,
+        separable=fv.SEPARABLE_CONV,
+        path_repeats=fv.PATH_REPEATS,
         **PRESETS[preset],
     )
 
@@ -82,6 +112,11 @@ def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeatureP
     if "FPN_VARIANTS" not in cfg:
         raise KeyError("cfg has no FPN_VARIANTS node: call fpn_variants.add_fpn_variants_config(cfg) before merge_from_file")
     kwargs = pyramid_kwargs_from_cfg(cfg, preset)
+    if "bifpn" in kwargs["paths"] and kwargs["fuse_type"] != "weighted":
+        logging.getLogger(__name__).warning(
+            "%s with MODEL.FPN.FUSE_TYPE=%r: EfficientDet's BiFPN uses 'weighted' (fast normalised fusion)",
+            backbone_name(preset), kwargs["fuse_type"],
+        )
     if cfg.FPN_VARIANTS.TOP_BLOCK not in TOP_BLOCKS:  # fail before building the bottom-up pathway
         _top_block(cfg, {})
     name = cfg.FPN_VARIANTS.BOTTOM_UP

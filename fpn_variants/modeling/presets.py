@@ -20,6 +20,11 @@ PRESETS: Dict[str, dict] = {
     "fpn_lateral_only": dict(lateral="conv1x1", lateral_levels="all", paths=(), output="none"),
     # §3 "multi-layer residual blocks as the connections": residual laterals, top-down as in FPN.
     "fpn_residual": dict(lateral="residual", lateral_levels="all", paths=("top_down",), output="conv3x3"),
+    # PANet (Liu et al., CVPR 2018): FPN, then a bottom-up path augmentation over P2..P5.
+    "fpn_panet": dict(lateral="conv1x1", lateral_levels="all", paths=("top_down", "bottom_up"), output="conv3x3"),
+    # BiFPN (Tan et al., CVPR 2020): 1x1 laterals to d, then FPN_VARIANTS.PATH_REPEATS BiFPN layers.
+    # EfficientDet's fusion is MODEL.FPN.FUSE_TYPE "weighted" (+ FPN_VARIANTS.SEPARABLE_CONV True).
+    "fpn_bifpn": dict(lateral="conv1x1", lateral_levels="all", paths=("bifpn",), output="none"),
 }
 
 # Where each preset comes from, for docs and reports.
@@ -29,4 +34,6 @@ PAPER_ROWS: Dict[str, str] = {
     "fpn_top_down_only": "Table 1(e): top-down pyramid, w/o lateral",
     "fpn_lateral_only": "Fig. 1(c): pyramidal feature hierarchy (laterals only)",
     "fpn_residual": "§3: residual blocks as the connections",
+    "fpn_panet": "beyond: PANet bottom-up path augmentation (Liu et al. 2018)",
+    "fpn_bifpn": "beyond: BiFPN layers (Tan et al. 2020, EfficientDet)",
 }

@@ -5,11 +5,17 @@ arXiv 1612.03144, §3 and Fig. 3):
 
 * a **lateral connection** per level of the bottom-up pathway C2..C5 (a 1×1 conv to ``d``
   channels, a stack of residual blocks, or nothing), on every level or on the coarsest only;
-* zero or more **paths** over the levels; today the **top-down pathway** (the coarser merged map
-  upsampled to the size of the finer level and fused with that level's lateral map);
-* a **fusion** op where maps meet (element-wise ``"sum"`` as in the paper, or ``"avg"``);
+* zero or more **paths** over the levels: the paper's **top-down pathway** (the coarser merged map
+  upsampled to the size of the finer level and fused with that level's lateral map); PANet's extra
+  **bottom-up path** (Liu et al., CVPR 2018: N2 = P2, N_{k+1} = 3×3 conv(3×3/2 conv(N_k) + P_{k+1}));
+  **BiFPN** layers (Tan et al., EfficientDet, CVPR 2020: a top-down then a bottom-up pass with a
+  conv on every fused node, the bottom-up nodes also taking the layer's input, repeated);
+* a **fusion** op where maps meet (:class:`Fusion`: element-wise ``"sum"`` as in the paper,
+  ``"avg"``, ``"concat"`` + 1×1 conv, or BiFPN's fast normalised ``"weighted"`` sum);
 * an **output** op per level (a 3×3 conv, or nothing);
-* a **top block** that adds coarser levels (P6 by stride-2 subsampling of P5, or P6/P7 by convs).
+* an **activation** after every extra conv (the paper: none, §3 "minor impacts"; ReLU or swish);
+* a **top block** that adds coarser levels (P6 by stride-2 subsampling of P5, P6 by a 3×3/2 conv of
+  C5, or P6/P7 by convs).
 
 The paper's ablations (Table 1 rows (c)-(e), Fig. 1(c), the residual connections of §3) are
 presets of these parts: see :data:`fpn_variants.modeling.presets.PRESETS`. :class:`FeaturePyramid`
@@ -39,7 +45,12 @@ __all__ = [
     "FUSE_TYPES",
     "OUTPUT_TYPES",
     "UPSAMPLE_MODES",
+    "ACTIVATIONS",
     "ResidualBottleneck",
+    "Fusion",
+    "TopDownPath",
+    "BottomUpPath",
+    "BiFPNLayer",
     "build_lateral",
     "build_output",
     "fuse",
@@ -48,10 +59,14 @@ __all__ = [
 
 LATERAL_TYPES = ("conv1x1", "residual")
 LATERAL_LEVELS = ("all", "coarsest")
-PATHS = ("top_down",)
-FUSE_TYPES = ("sum", "avg")
+# "top_down" runs on the lateral maps, before the output op; "bottom_up" (PANet) and "bifpn" run
+# after it, on P2..P5, in the order given.
+PATHS = ("top_down", "bottom_up", "bifpn")
+FUSE_TYPES = ("sum", "avg", "concat", "weighted")
 OUTPUT_TYPES = ("conv3x3", "none")
 UPSAMPLE_MODES = ("nearest", "bilinear")
+ACTIVATIONS = ("none", "relu", "swish")
+WEIGHTED_FUSION_EPS = 1e-4  # EfficientDet §3.3
 
 
 def _check_choice(name: str, value, valid: Sequence) -> None:
@@ -59,17 +74,32 @@ def _check_choice(name: str, value, valid: Sequence) -> None:
         raise ValueError(f"{name}={value!r} is not valid; valid values: {', '.join(map(repr, valid))}")
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> Conv2d:
-    """A conv with ``norm`` (Detectron2 name, "" for none) and a bias exactly when there is no norm,
-    initialised with ``c2_xavier_fill`` (the init Detectron2's FPN uses) so that every variant
-    starts from the same init."""
+def _activation(name: str):
+    _check_choice("activation", name, ACTIVATIONS)
+    return {"none": None, "relu": F.relu, "swish": F.silu}[name]
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str, *, stride: int = 1,
+          activation: str = "none", separable: bool = False) -> nn.Module:
+    """A conv with ``norm`` (Detectron2 name, "" for none), a bias exactly when there is no norm, and
+    ``activation`` after the norm, initialised with ``c2_xavier_fill`` (the init Detectron2's FPN
+    uses) so that every variant starts from the same init. ``separable``: a depthwise ``kernel_size``
+    conv (no norm, no bias) followed by this pointwise 1×1 conv (EfficientDet's separable conv)."""
+    act = _activation(activation)
+    if separable and kernel_size > 1:
+        depthwise = Conv2d(in_channels, in_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                           groups=in_channels, bias=False)
+        weight_init.c2_xavier_fill(depthwise)
+        return nn.Sequential(depthwise, _conv(in_channels, out_channels, 1, norm, activation=activation))
     conv = Conv2d(
         in_channels,
         out_channels,
         kernel_size=kernel_size,
+        stride=stride,
         padding=kernel_size // 2,
         bias=not norm,
         norm=get_norm(norm, out_channels),
+        activation=act,
     )
     weight_init.c2_xavier_fill(conv)
     return conv
@@ -113,6 +143,7 @@ def build_lateral(
     norm: str = "",
     residual_blocks: int = 1,
     bottleneck_channels: Optional[int] = None,
+    activation: str = "none",
 ) -> nn.Module:
     """Build one lateral connection C_k -> (N, out_channels, H_k, W_k), stride 1.
 
@@ -120,13 +151,15 @@ def build_lateral(
         kind: ``"conv1x1"`` (the paper's lateral, §3) or ``"residual"`` (a stack of
             ``residual_blocks`` :class:`ResidualBottleneck`, the first projecting to ``out_channels``).
         bottleneck_channels: inner width of residual blocks; ``None`` means ``out_channels // 4``.
+        activation: one of :data:`ACTIVATIONS`, after the 1×1 conv (residual blocks keep their own
+            inner ReLUs and an unrectified sum).
 
     Raises:
         ValueError: unknown ``kind``, ``residual_blocks < 1`` or non-positive channel counts.
     """
     _check_choice("lateral", kind, LATERAL_TYPES)
     if kind == "conv1x1":
-        return _conv(in_channels, out_channels, 1, norm)
+        return _conv(in_channels, out_channels, 1, norm, activation=activation)
     if residual_blocks < 1:
         raise ValueError(f"residual_blocks={residual_blocks} must be >= 1 for lateral='residual'")
     width = bottleneck_channels if bottleneck_channels else max(out_channels // 4, 1)
@@ -135,22 +168,173 @@ def build_lateral(
     return nn.Sequential(*blocks)
 
 
-def build_output(kind: str, channels: int, norm: str = "") -> Optional[nn.Module]:
+def build_output(kind: str, channels: int, norm: str = "", activation: str = "none") -> Optional[nn.Module]:
     """Build the output op of one level: ``"conv3x3"`` (the paper's 3×3 conv "to reduce the
     aliasing effect of upsampling", §3) or ``"none"`` (returns ``None``: the merged map is P_k)."""
     _check_choice("output", kind, OUTPUT_TYPES)
-    return _conv(channels, channels, 3, norm) if kind == "conv3x3" else None
+    return _conv(channels, channels, 3, norm, activation=activation) if kind == "conv3x3" else None
 
 
 def fuse(inputs: List[torch.Tensor], fuse_type: str) -> torch.Tensor:
-    """Fuse maps of equal shape (N, d, H, W) where paths meet: ``"sum"`` (paper §3, element-wise
-    addition) or ``"avg"`` (their mean). One input is returned unchanged."""
+    """Parameter-free fusion of maps of equal shape (N, d, H, W) where paths meet: ``"sum"`` (paper
+    §3, element-wise addition, left to right) or ``"avg"`` (their mean). One input is returned
+    unchanged. The learned fusions are :class:`Fusion` modules."""
+    _check_choice("fuse_type", fuse_type, ("sum", "avg"))
     out = inputs[0]
     for x in inputs[1:]:
         out = out + x
     if fuse_type == "avg" and len(inputs) > 1:
         out = out / len(inputs)
     return out
+
+
+class Fusion(nn.Module):
+    """Fuse ``num_inputs`` maps (N, d, H, W) into one (N, d, H, W).
+
+    * ``"sum"`` / ``"avg"``: :func:`fuse`, no parameters (the paper: sum);
+    * ``"concat"``: concatenate to (N, num_inputs·d, H, W), then a 1×1 conv back to d (with ``norm``);
+    * ``"weighted"``: EfficientDet's fast normalised fusion (§3.3), ``sum_i w_i x_i / (eps + sum_j w_j)``
+      with ``w_i = relu(θ_i)`` learned, ``θ`` initialised to ones, ``eps`` = 1e-4.
+
+    Raises:
+        ValueError: unknown ``kind`` or ``num_inputs < 2``; at call time, a number of inputs other
+            than ``num_inputs``.
+    """
+
+    def __init__(self, kind: str, num_inputs: int, channels: int, norm: str = "", eps: float = WEIGHTED_FUSION_EPS):
+        super().__init__()
+        _check_choice("fuse_type", kind, FUSE_TYPES)
+        if num_inputs < 2:
+            raise ValueError(f"num_inputs={num_inputs}: a fusion node joins at least 2 maps")
+        self.kind, self.num_inputs, self.eps = kind, num_inputs, eps
+        if kind == "concat":
+            self.proj = _conv(num_inputs * channels, channels, 1, norm)
+        elif kind == "weighted":
+            self.weight = nn.Parameter(torch.ones(num_inputs))
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        if len(inputs) != self.num_inputs:
+            raise ValueError(f"Fusion({self.kind!r}) built for {self.num_inputs} inputs got {len(inputs)}")
+        if self.kind in ("sum", "avg"):
+            return fuse(inputs, self.kind)
+        if self.kind == "concat":
+            return self.proj(torch.cat(inputs, dim=1))
+        w = F.relu(self.weight)
+        w = w / (w.sum() + self.eps)
+        out = w[0] * inputs[0]
+        for i in range(1, len(inputs)):
+            out = out + w[i] * inputs[i]
+        return out
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, num_inputs={self.num_inputs}"
+
+
+def _upsample(x: torch.Tensor, like: torch.Tensor, mode: str) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode=mode)
+
+
+def _downsample_pool(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    y = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    return y if y.shape[-2:] == like.shape[-2:] else F.interpolate(y, size=like.shape[-2:], mode="nearest")
+
+
+class TopDownPath(nn.Module):
+    """The paper's top-down pathway (§3, Fig. 3) over ``num_levels`` maps, fine to coarse.
+
+    The coarsest map starts the pathway; each finer level gets the coarser merged map upsampled
+    (``upsample_mode``, to that level's size) and fused with its own lateral map when it has one
+    (``has_lateral[i]``), else the upsampled map alone. No conv on the nodes (the output op follows).
+    Maps: list of (N, d, H_k, W_k), strides 2**k; ``None`` where a level has no lateral.
+    """
+
+    def __init__(self, has_lateral: Sequence[bool], channels: int, fuse_type: str, upsample_mode: str, norm: str = ""):
+        super().__init__()
+        _check_choice("upsample_mode", upsample_mode, UPSAMPLE_MODES)
+        self.upsample_mode = upsample_mode
+        self.fusions = nn.ModuleList(
+            [Fusion(fuse_type, 2, channels, norm) if lat else nn.Identity() for lat in has_lateral[:-1]]
+        )
+        self._has_lateral = list(has_lateral)
+
+    def forward(self, maps: List[Optional[torch.Tensor]], sizes: List[torch.Tensor]) -> List[torch.Tensor]:
+        maps = list(maps)
+        prev = maps[-1]
+        for i in range(len(maps) - 2, -1, -1):
+            top_down = _upsample(prev, sizes[i], self.upsample_mode)
+            prev = maps[i] = self.fusions[i]([maps[i], top_down]) if self._has_lateral[i] else top_down
+        return maps
+
+
+class BottomUpPath(nn.Module):
+    """PANet's bottom-up path augmentation (Liu et al., CVPR 2018, §3.1, Fig. 2): ``N_2 = P_2``;
+    ``N_{k+1} = conv3x3(fuse(P_{k+1}, conv3x3_stride2(N_k)))``. Maps: list of (N, d, H_k, W_k) fine to
+    coarse, strides 2**k, in and out."""
+
+    def __init__(self, num_levels: int, channels: int, fuse_type: str, norm: str = "", activation: str = "none",
+                 separable: bool = False):
+        super().__init__()
+        n = num_levels - 1
+        self.downsample = nn.ModuleList(
+            [_conv(channels, channels, 3, norm, stride=2, activation=activation, separable=separable) for _ in range(n)]
+        )
+        self.fusions = nn.ModuleList([Fusion(fuse_type, 2, channels, norm) for _ in range(n)])
+        self.convs = nn.ModuleList(
+            [_conv(channels, channels, 3, norm, activation=activation, separable=separable) for _ in range(n)]
+        )
+
+    def forward(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
+        out = [maps[0]]
+        for i in range(1, len(maps)):
+            down = self.downsample[i - 1](out[-1])
+            if down.shape[-2:] != maps[i].shape[-2:]:  # only for sizes the bottom-up pathway rounds differently
+                down = F.interpolate(down, size=maps[i].shape[-2:], mode="nearest")
+            out.append(self.convs[i - 1](self.fusions[i - 1]([maps[i], down])))
+        return out
+
+
+class BiFPNLayer(nn.Module):
+    """One BiFPN layer (Tan et al., EfficientDet, CVPR 2020, §3.2-3.3, Fig. 2(d)) over ``num_levels``
+    maps, fine to coarse.
+
+    Top-down: ``T_L = X_L``; ``T_k = conv(fuse(X_k, up(T_{k+1})))``. Bottom-up: ``O_1 = T_1``;
+    ``O_k = conv(fuse(X_k, T_k, down(O_{k-1})))`` and ``O_L = conv(fuse(X_L, down(O_{L-1})))`` at the
+    coarsest level. ``up`` = interpolation (``upsample_mode``), ``down`` = 3×3/2 max pooling, ``conv``
+    = 3×3 conv (depthwise-separable if ``separable``) with ``norm`` and ``activation``. EfficientDet
+    uses ``fuse_type="weighted"``, separable convs, BN and swish. Maps (N, d, H_k, W_k) in and out.
+    """
+
+    def __init__(self, num_levels: int, channels: int, fuse_type: str, upsample_mode: str, norm: str = "",
+                 activation: str = "none", separable: bool = False):
+        super().__init__()
+        _check_choice("upsample_mode", upsample_mode, UPSAMPLE_MODES)
+        if num_levels < 2:
+            raise ValueError(f"a BiFPN layer needs >= 2 levels, got {num_levels}")
+        self.upsample_mode = upsample_mode
+        L = num_levels
+
+        def conv():
+            return _conv(channels, channels, 3, norm, activation=activation, separable=separable)
+
+        self.td_fusions = nn.ModuleList([Fusion(fuse_type, 2, channels, norm) for _ in range(L - 1)])
+        self.td_convs = nn.ModuleList([conv() for _ in range(L - 1)])
+        self.bu_fusions = nn.ModuleList(
+            [Fusion(fuse_type, 3 if k < L - 1 else 2, channels, norm) for k in range(1, L)]
+        )
+        self.bu_convs = nn.ModuleList([conv() for _ in range(L - 1)])
+
+    def forward(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
+        L = len(maps)
+        td = [None] * L
+        td[-1] = maps[-1]
+        for k in range(L - 2, -1, -1):
+            td[k] = self.td_convs[k](self.td_fusions[k]([maps[k], _upsample(td[k + 1], maps[k], self.upsample_mode)]))
+        out = [td[0]]
+        for k in range(1, L):
+            down = _downsample_pool(out[-1], maps[k])
+            inputs = [maps[k], td[k], down] if k < L - 1 else [maps[k], down]
+            out.append(self.bu_convs[k - 1](self.bu_fusions[k - 1](inputs)))
+        return out
 
 
 def _stage(stride: int) -> int:
@@ -173,8 +357,14 @@ class FeaturePyramid(Backbone):
         lateral: lateral op, one of :data:`LATERAL_TYPES`.
         lateral_levels: ``"all"`` or ``"coarsest"`` (only C5 gets a lateral; Table 1(e)).
         paths: paths over the levels, a sequence of :data:`PATHS` (``()``: no path, Table 1(d)).
+            ``"top_down"`` (at most once, first) merges the lateral maps before the output op;
+            ``"bottom_up"`` (PANet) and ``"bifpn"`` run after the output op, in the order given.
         output: output op, one of :data:`OUTPUT_TYPES`.
-        fuse_type: one of :data:`FUSE_TYPES`.
+        fuse_type: one of :data:`FUSE_TYPES`, at every fusion node of every path.
+        activation: one of :data:`ACTIVATIONS`, after every extra conv (lateral 1×1, output 3×3,
+            path convs); the paper: ``"none"``.
+        separable: depthwise-separable 3×3 convs in the ``bottom_up`` / ``bifpn`` paths.
+        path_repeats: how many times each ``"bifpn"`` entry of ``paths`` is applied (own weights each).
         upsample_mode: ``"nearest"`` (paper) or ``"bilinear"``; upsampling goes to the size of the
             finer bottom-up map, so odd sizes work.
         norm: Detectron2 norm name for every extra conv ("" = none, the paper).
@@ -208,6 +398,9 @@ class FeaturePyramid(Backbone):
         bottleneck_channels: Optional[int] = None,
         top_block: Optional[nn.Module] = None,
         bottom_up: Optional[nn.Module] = None,
+        activation: str = "none",
+        separable: bool = False,
+        path_repeats: int = 1,
     ):
         super().__init__()
         in_features = list(in_features)
@@ -231,21 +424,26 @@ class FeaturePyramid(Backbone):
             ("upsample_mode", upsample_mode, UPSAMPLE_MODES),
             ("output", output, OUTPUT_TYPES),
             ("lateral", lateral, LATERAL_TYPES),
+            ("activation", activation, ACTIVATIONS),
         ):
             _check_choice(name, value, valid)
         paths = tuple(paths)
         for p in paths:
             _check_choice("path", p, PATHS)
+        if "top_down" in paths[1:] or paths.count("top_down") > 1:
+            raise ValueError(f"paths={paths}: 'top_down' may appear once, first (it merges the lateral maps)")
         if lateral_levels == "coarsest" and "top_down" not in paths:
             raise ValueError(
                 "lateral_levels='coarsest' needs the 'top_down' path: without it the finer levels get no map"
             )
+        if not isinstance(path_repeats, int) or path_repeats < 1:
+            raise ValueError(f"path_repeats={path_repeats!r} must be an int >= 1")
+        if len(in_features) < 2 and any(p in ("bottom_up", "bifpn") for p in paths):
+            raise ValueError(f"paths {paths} need >= 2 levels; in_features={in_features}")
 
         self.bottom_up = bottom_up
         self.in_features = tuple(in_features)
         self.paths = paths
-        self._fuse_type = fuse_type
-        self._upsample_mode = upsample_mode
         self.top_block = top_block
 
         stages = [_stage(s) for s in strides]
@@ -255,18 +453,32 @@ class FeaturePyramid(Backbone):
             has_lateral = lateral_levels == "all" or i == len(in_features) - 1
             lat = (
                 build_lateral(
-                    lateral, input_shapes[name].channels, out_channels, norm, residual_blocks, bottleneck_channels
+                    lateral, input_shapes[name].channels, out_channels, norm, residual_blocks, bottleneck_channels,
+                    activation,
                 )
                 if has_lateral
                 else None
             )
-            out = build_output(output, out_channels, norm)
+            out = build_output(output, out_channels, norm, activation)
             if lat is not None:
                 self.add_module(f"fpn_lateral{stage}", lat)
             if out is not None:
                 self.add_module(f"fpn_output{stage}", out)
             self.laterals.append(lat)
             self.outputs.append(out)
+        n = len(in_features)
+        self.top_down = (
+            TopDownPath([lat is not None for lat in self.laterals], out_channels, fuse_type, upsample_mode, norm)
+            if "top_down" in paths else None
+        )
+        post = []
+        for p in paths:
+            if p == "bottom_up":
+                post.append(BottomUpPath(n, out_channels, fuse_type, norm, activation, separable))
+            elif p == "bifpn":
+                post += [BiFPNLayer(n, out_channels, fuse_type, upsample_mode, norm, activation, separable)
+                         for _ in range(path_repeats)]
+        self.post_paths = nn.ModuleList(post)
 
         self._out_feature_strides = {f"p{s}": 2**s for s in stages}
         if top_block is not None:
@@ -298,14 +510,11 @@ class FeaturePyramid(Backbone):
         except KeyError as e:
             raise KeyError(f"bottom-up map {e.args[0]!r} missing; got {sorted(features)}") from None
         merged = [lat(x) if lat is not None else None for lat, x in zip(self.laterals, feats)]
-        for path in self.paths:
-            if path == "top_down":
-                prev = merged[-1]
-                for i in range(len(feats) - 2, -1, -1):
-                    top_down = F.interpolate(prev, size=feats[i].shape[-2:], mode=self._upsample_mode)
-                    inputs = [top_down] if merged[i] is None else [merged[i], top_down]
-                    prev = merged[i] = fuse(inputs, self._fuse_type)
+        if self.top_down is not None:
+            merged = self.top_down(merged, feats)
         results = [out(m) if out is not None else m for out, m in zip(self.outputs, merged)]
+        for path in self.post_paths:
+            results = path(results)
         if self.top_block is not None:
             src = self.top_block.in_feature
             if src in features:
