@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 from .results import final_metrics, write_json_atomic, write_text_atomic
 from .suites import Suite
 
-__all__ = ["collect", "summarize", "ranking_agreement", "write_report", "cli"]
+__all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "write_report", "cli"]
 
 AR_NOTE = (
     "Proposal AR (fpn_variants.evaluation.ProposalRecallEvaluator) is averaged over IoU 0.50:0.05:0.95 and "
@@ -140,6 +140,30 @@ def ranking_agreement(rows: List[dict], metric: str) -> dict:
                 kendall_tau=(conc - disc) / n if n else None, swapped=swapped)
 
 
+def versus_baseline(rows: List[dict], suite: Suite) -> List[dict]:
+    """For a suite with a ``baseline`` row: each other row's difference from the baseline in the
+    headline metric, ``diff = mean_row - mean_base`` and ``spread = sqrt(std_row^2 + std_base^2)``
+    (the seeds' spread of that difference); ``resolved`` when ``|diff| > spread`` (both rows with >= 2
+    seeds), ``None`` when it cannot be said."""
+    if not suite.baseline:
+        return []
+    h = suite.headline
+    by = {r["row"]: r for r in rows}
+    base = by[suite.baseline]
+    claims = {r.key: r.claim for r in suite.rows}
+    out = []
+    for r in rows:
+        if r["row"] == suite.baseline:
+            continue
+        mb, mr = base["mean"].get(h), r["mean"].get(h)
+        diff = None if mb is None or mr is None else mr - mb
+        sb, sr = base["std"].get(h), r["std"].get(h)
+        spread = math.sqrt(sb ** 2 + sr ** 2) if sb is not None and sr is not None else None
+        out.append(dict(row=r["row"], label=r["label"], claim=claims.get(r["row"], ""), mean=mr, std=sr, diff=diff,
+                        spread=spread, resolved=None if diff is None or spread is None else abs(diff) > spread))
+    return out
+
+
 def _fmt(m, s, digits=1):
     if m is None:
         return "—"
@@ -192,7 +216,7 @@ def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[in
     os.replace(tmp, path)
 
 
-def _markdown(collected: dict, rows: List[dict], rank: dict, png: str) -> str:
+def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: List[dict] = ()) -> str:
     suite: Suite = collected["suite"]
     names = [m.name for m in suite.metrics]
     L = [f"# {suite.name}: {suite.title}", ""]
@@ -220,6 +244,17 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str) -> str:
     h = suite.headline
     L.append(f"![{h} per row]({os.path.basename(png)})")
     L.append("")
+    if claims:
+        base = next(r for r in rows if r["row"] == suite.baseline)
+        L += [f"## Each claim against the baseline ({h})", "",
+              f"Baseline: {base['label']}, {h} {_fmt(base['mean'][h], base['std'][h])}. Difference = row mean − baseline "
+              "mean; spread = sqrt(std_row² + std_baseline²) over seeds; *resolved* when |difference| > spread.", "",
+              f"| design | what the literature says | ours: {h} | difference | resolved by the seeds? |", "|---|---|---|---|---|"]
+        for c in claims:
+            diff = "—" if c["diff"] is None else f"{c['diff']:+.1f}" + (f" (spread {c['spread']:.1f})" if c["spread"] is not None else "")
+            res = {True: "**yes**", False: "no (within seed spread)", None: "— (needs ≥ 2 seeds of both)"}[c["resolved"]]
+            L.append(f"| {c['label']} | {c['claim']} | {_fmt(c['mean'], c['std'])} | {diff} | {res} |")
+        L.append("")
     L.append(f"## Ranking by {h}")
     L.append("")
     if rank["ours"]:
@@ -270,15 +305,16 @@ def write_report(sweep_dir: str) -> Dict[str, str]:
     suite: Suite = col["suite"]
     rows = summarize(col)
     rank = ranking_agreement(rows, suite.headline)
+    claims = versus_baseline(rows, suite)
     paths = {n: os.path.join(sweep_dir, n) for n in ("results.csv", "results.json", "report.md")}
     paths["png"] = os.path.join(sweep_dir, f"{suite.name}.png")
     write_text_atomic(paths["results.csv"], _csv(col))
     write_json_atomic(paths["results.json"], dict(
         suite=suite.name, headline=suite.headline, seeds=col["seeds"], opts=col["opts"], runs=col["runs"],
-        rows=[{k: v for k, v in r.items() if k != "per_seed"} for r in rows], ranking=rank,
+        rows=[{k: v for k, v in r.items() if k != "per_seed"} for r in rows], ranking=rank, versus_baseline=claims,
     ))
     _plot(paths["png"], suite, rows, {r["row"]: r["per_seed"] for r in rows})
-    write_text_atomic(paths["report.md"], _markdown(col, rows, rank, paths["png"]))
+    write_text_atomic(paths["report.md"], _markdown(col, rows, rank, paths["png"], claims))
     return paths
 
 

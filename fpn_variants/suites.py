@@ -32,13 +32,15 @@ class Metric:
 class Row:
     """One row of a table: ``key`` names its run folder, ``label`` is the paper's row name,
     ``config`` a Detectron2 YAML (relative to :func:`config_root` or absolute), ``opts`` extra
-    ``KEY VALUE`` overrides, ``paper`` the paper's value per metric name (missing: not in the paper)."""
+    ``KEY VALUE`` overrides, ``paper`` the paper's value per metric name (missing: not in the paper),
+    ``claim`` what the literature says about this design against the suite's baseline row."""
 
     key: str
     label: str
     config: str
     opts: Tuple[str, ...] = ()
     paper: Dict[str, float] = field(default_factory=dict)
+    claim: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Suite:
 
     ``proposals``: for a Fast R-CNN suite (Table 2), the config of the RPN whose proposals every
     row is trained and evaluated on (dumped once, in Detectron2's precomputed-proposal format).
+    ``baseline``: key of the row every other row is compared with (the report's claims section).
     """
 
     name: str
@@ -57,6 +60,7 @@ class Suite:
     source: str = ""
     notes: str = ""
     proposals: Optional[str] = None
+    baseline: Optional[str] = None
 
     def __post_init__(self):
         names = [m.name for m in self.metrics]
@@ -66,6 +70,8 @@ class Suite:
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup or not keys:
             raise ValueError(f"suite {self.name!r}: row keys must be unique and non-empty; duplicated: {dup}")
+        if self.baseline is not None and self.baseline not in keys:
+            raise ValueError(f"suite {self.name!r}: baseline {self.baseline!r} is not a row; rows: {keys}")
         for r in self.rows:
             bad = sorted(set(r.paper) - set(names))
             if bad:
@@ -81,7 +87,7 @@ class Suite:
         Raises:
             ValueError: a missing or unknown field (named), or an inconsistent suite.
         """
-        allowed = {"name", "title", "metrics", "headline", "rows", "source", "notes", "proposals"}
+        allowed = {"name", "title", "metrics", "headline", "rows", "source", "notes", "proposals", "baseline"}
         unknown = sorted(set(d) - allowed)
         missing = sorted({"name", "title", "metrics", "headline", "rows"} - set(d))
         if unknown or missing:
@@ -89,13 +95,14 @@ class Suite:
         try:
             metrics = tuple(Metric(**m) for m in d["metrics"])
             rows = tuple(
-                Row(r["key"], r["label"], r["config"], tuple(str(o) for o in r.get("opts", ())), dict(r.get("paper", {})))
+                Row(r["key"], r["label"], r["config"], tuple(str(o) for o in r.get("opts", ())), dict(r.get("paper", {})),
+                    r.get("claim", ""))
                 for r in d["rows"]
             )
         except (TypeError, KeyError) as e:
             raise ValueError(f"suite {d.get('name')!r}: bad metric or row entry ({e}); a metric is "
                              "{'key', 'name'}, a row {'key', 'label', 'config', 'opts'?, 'paper'?}") from e
-        rest = {k: d[k] for k in ("source", "notes", "proposals") if k in d}
+        rest = {k: d[k] for k in ("source", "notes", "proposals", "baseline") if k in d}
         return cls(d["name"], d["title"], metrics, d["headline"], rows, **rest)
 
 
@@ -189,6 +196,34 @@ for _folder, _suffix, _note in (("COCO", "", "COCO 2017, the paper's R-50 schedu
         "table3" + _suffix, "Faster R-CNN: FPN against single-scale C4 / C5 baselines",
         "Table 3", AP, "AP", _TABLE3, _folder, _note,
     ))
+
+
+# Beyond the paper: every claim as one row against the FPN baseline, RPN protocol of Table 1 (AR1k).
+# (key, label, config stem, opts, claim)
+_BEYOND = (
+    ("fpn", "FPN baseline (Table 1(c))", "rpn_c_fpn", (), "the paper's design: d as configured, sum, nearest, no activation, no norm, P6 = subsampled P5"),
+    ("d256", "d = 256", "rpn_c_fpn", ("MODEL.FPN.OUT_CHANNELS", "256"), "the paper uses d = 256 (§3); our NEON baseline has d = 128, COCO 256 (so on COCO this row is d = 512 vs 256)"),
+    ("fuse_avg", "fusion: average", "rpn_c_fpn", ("MODEL.FPN.FUSE_TYPE", "avg"), "the paper merges by element-wise addition (§3), without comparing alternatives"),
+    ("fuse_concat", "fusion: concat + 1x1", "rpn_c_fpn", ("MODEL.FPN.FUSE_TYPE", "concat"), "as above; concat+1x1 is the common learned alternative"),
+    ("fuse_weighted", "fusion: weighted (EfficientDet)", "rpn_c_fpn", ("MODEL.FPN.FUSE_TYPE", "weighted"), "EfficientDet: fast normalised weighted fusion helps (§3.3, Table 6)"),
+    ("bilinear", "upsampling: bilinear", "rpn_c_fpn", ("FPN_VARIANTS.UPSAMPLE_MODE", "bilinear"), "the paper uses nearest neighbour 'for simplicity' (§3)"),
+    ("relu", "activation: ReLU", "rpn_c_fpn", ("FPN_VARIANTS.ACTIVATION", "relu"), "'no non-linearities in these extra layers, which we have empirically found to have minor impacts' (§3)"),
+    ("gn", "norm: GN", "rpn_c_fpn", ("MODEL.FPN.NORM", "GN"), "the paper has no normalisation in the extra layers (§3)"),
+    ("residual2", "residual connections, 2 blocks", "rpn_residual", ("FPN_VARIANTS.RESIDUAL_NUM_BLOCKS", "2"), "'more sophisticated blocks (e.g., multi-layer residual blocks as the connections)' were 'marginally better' (§3)"),
+    ("p6_c5", "P6 from C5 (3x3/2 conv)", "rpn_c_fpn", ("FPN_VARIANTS.TOP_BLOCK", "p6_c5"), "the paper: P6 = stride-2 subsampling of P5 (§4.1)"),
+    ("panet", "PANet bottom-up path", "rpn_panet", (), "PANet: the extra bottom-up path shortens the path from low levels to the top and improves AP (Liu et al. 2018, Table 3)"),
+    ("bifpn", "BiFPN x2, weighted", "rpn_bifpn", (), "EfficientDet: repeated bidirectional layers with weighted fusion beat FPN and PANet at equal cost (Tan et al. 2020, Table 5)"),
+)
+
+
+def _beyond_suite(name, folder, note):
+    rows = tuple(Row(k, label, f"{folder}/{stem}.yaml", opts, {}, claim) for k, label, stem, opts, claim in _BEYOND)
+    return Suite(name, "Beyond the paper: each design claim against the FPN baseline (RPN, Table 1 protocol)",
+                 AR, "AR1k", rows, source="§3, §4.1; Liu et al. 2018; Tan et al. 2020", notes=note, baseline="fpn")
+
+
+register_suite(_beyond_suite("beyond", "COCO", "COCO 2017, the paper's R-50 RPN schedule (GPUs)."))
+register_suite(_beyond_suite("beyond-neon", "NEON", _NEON_NOTE))
 
 
 def get_suite(name: str) -> Suite:

@@ -463,7 +463,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     any failed (the report still lists them)."""
     p = argparse.ArgumentParser(prog="python -m fpn_variants.sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", help="suite name (table1, table1-neon, table2, ..., see --list) or a suite .json file")
+    p.add_argument("suite", nargs="?", help="suite name (table1, table1-neon, table2, ..., see --list) or a suite .json file")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row (default 3)")
     p.add_argument("--executor", default="local", choices=EXECUTORS)
     p.add_argument("--output", help="sweep folder (default output/sweeps/SUITE)")
@@ -478,7 +478,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--dry-run", action="store_true", help="print the runs (and whether each is done) and exit")
-    p.add_argument("opts", nargs="*", help="KEY VALUE config overrides for every run (after the options)")
+    p.add_argument("opts", nargs="*", default=[], help="KEY VALUE config overrides for every run (after the options)")
     a = p.parse_intermixed_args(argv)
     if a.list:
         from .suites import SUITES
@@ -486,6 +486,8 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         for name, s in SUITES.items():
             print(f"{name:14s} {s.source}: {s.title} ({len(s.rows)} rows; {s.headline})")
         return 0
+    if not a.suite:
+        p.error("give a suite name or a suite .json file (--list shows the suites)")
     try:
         suite = load_suite(a.suite)
         if a.dry_run:

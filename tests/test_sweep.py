@@ -29,11 +29,12 @@ AR = (Metric("box_proposals/AR@100", "AR100"), Metric("box_proposals/AR@1000", "
 def tiny_suite(name="tiny", bad_row=False):
     rows = [
         Row("c_fpn", "(c) FPN", "NEON/rpn_c_fpn.yaml", paper={"AR100": 44.0, "AR1k": 56.3}),
-        Row("d_bottom_up", "(d) bottom-up", "NEON/rpn_d_bottom_up.yaml", paper={"AR100": 37.4, "AR1k": 49.5}),
+        Row("d_bottom_up", "(d) bottom-up", "NEON/rpn_d_bottom_up.yaml", paper={"AR100": 37.4, "AR1k": 49.5},
+            claim="the top-down pathway matters"),
     ]
     if bad_row:
         rows[1] = Row("bad", "misspelt backbone", "NEON/rpn_c_fpn.yaml", opts=("MODEL.BACKBONE.NAME", "build_fpn_ful_backbone"))
-    return Suite(name, "tiny test suite", AR, "AR1k", tuple(rows), source="Table 1")
+    return Suite(name, "tiny test suite", AR, "AR1k", tuple(rows), source="Table 1", baseline="c_fpn")
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +71,7 @@ def check_complete_sweep(out, suite, seeds):
         assert row["mean"]["AR1k"] == pytest.approx(sum(vals) / len(vals))
     md = open(os.path.join(out, "report.md")).read()
     assert "| (c) FPN |" in md and "(56.3)" in md and "## Ranking by AR1k" in md and "How AR is computed" in md
+    assert "## Each claim against the baseline (AR1k)" in md and "| (d) bottom-up | the top-down pathway matters |" in md
     assert os.path.getsize(os.path.join(out, f"{suite.name}.png")) > 5000
 
 
@@ -252,3 +254,20 @@ def test_fast_rcnn_suite_trains_on_the_dumped_proposals_of_one_rpn(tmp_path):
         assert files["neon_trees_train"] in run_cfg and files["neon_trees_val"] in run_cfg
         assert "PrecomputedProposals" in run_cfg
     assert "| (c) FPN |" in open(os.path.join(out, "report.md")).read()
+
+
+def test_claims_against_the_baseline_are_resolved_only_beyond_the_seed_spread():
+    from fpn_variants.report import versus_baseline
+
+    suite = get_suite("beyond-neon")
+    assert suite.baseline == "fpn" and all(r.claim for r in suite.rows)
+    rows = [dict(row=r.key, label=r.label, mean={"AR1k": None}, std={"AR1k": None}) for r in suite.rows]
+    by = {r["row"]: r for r in rows}
+    by["fpn"].update(mean={"AR1k": 40.0}, std={"AR1k": 0.3})
+    by["panet"].update(mean={"AR1k": 41.0}, std={"AR1k": 0.4})      # +1.0 > spread 0.5: resolved
+    by["relu"].update(mean={"AR1k": 39.8}, std={"AR1k": 0.4})       # -0.2 < 0.5: not resolved
+    by["gn"].update(mean={"AR1k": 42.0}, std={"AR1k": None})        # one seed: cannot say
+    got = {c["row"]: c for c in versus_baseline(rows, suite)}
+    assert "fpn" not in got and len(got) == len(suite.rows) - 1
+    assert got["panet"]["diff"] == pytest.approx(1.0) and got["panet"]["spread"] == pytest.approx(0.5) and got["panet"]["resolved"]
+    assert got["relu"]["resolved"] is False and got["gn"]["resolved"] is None and got["bifpn"]["diff"] is None
