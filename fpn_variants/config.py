@@ -6,6 +6,7 @@ Keys Detectron2 already has are *not* repeated here: the pyramid reads ``MODEL.F
 ``MODEL.FPN.FUSE_TYPE``. The pyramid design itself is chosen by ``MODEL.BACKBONE.NAME``
 (one registered builder per preset, see README "Backbones").
 """
+import yaml
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_fpn_variants_config", "load_config", "register_coco_datasets", "resnet_fpn_cfg", "validate_config"]
@@ -182,7 +183,8 @@ def load_config(config_file: str, opts=(), cfg: CN = None) -> CN:
             :func:`validate_config`.
         FileNotFoundError / ValueError: a bad ``FPN_VARIANTS.REGISTER_COCO`` entry
             (:func:`register_coco_datasets`).
-        ValueError: an odd number of ``opts``, or see :func:`validate_config`.
+        ValueError: an odd number of ``opts``, a YAML tag that would construct a Python object, or see
+            :func:`validate_config`.
     """
     import os
 
@@ -193,11 +195,14 @@ def load_config(config_file: str, opts=(), cfg: CN = None) -> CN:
     cfg = cfg if cfg is not None else get_cfg()
     add_fpn_variants_config(cfg)
     try:
-        cfg.merge_from_file(config_file)
+        cfg.merge_from_file(config_file, allow_unsafe=False)  # yaml.safe_load only: a config never runs code
     except (AssertionError, KeyError) as e:
         if "Non-existent" not in str(e):
             raise
         raise _unknown_key_error(cfg, e, config_file) from None
+    except yaml.constructor.ConstructorError as e:
+        raise ValueError(f"{config_file}: YAML tags that construct Python objects are refused (configs are "
+                         f"loaded with yaml.safe_load): {e.problem}") from None
     opts = list(opts)
     if len(opts) % 2:
         raise ValueError(f"config overrides must be KEY VALUE pairs; got an odd number: {opts}")

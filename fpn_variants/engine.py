@@ -29,6 +29,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from .evaluation import ProposalRecallEvaluator
+from .safety import safe_pickle_in_detectron2
 
 __all__ = ["build_augmentation", "is_proposal_only", "Trainer", "TqdmProgress"]
 
@@ -120,12 +121,19 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         mapper = DatasetMapper(cfg, is_train=True, augmentations=build_augmentation(cfg, is_train=True))
-        return build_detection_train_loader(cfg, mapper=mapper)
+        with safe_pickle_in_detectron2():  # precomputed proposal files are unpickled safely
+            return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         mapper = DatasetMapper(cfg, is_train=False, augmentations=build_augmentation(cfg, is_train=False))
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        with safe_pickle_in_detectron2():
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    def resume_or_load(self, resume=True):
+        """Detectron2's, with ``.pkl`` checkpoints unpickled safely (:mod:`fpn_variants.safety`)."""
+        with safe_pickle_in_detectron2():
+            return super().resume_or_load(resume=resume)
 
     def build_hooks(self):
         hooks = super().build_hooks()

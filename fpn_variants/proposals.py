@@ -54,6 +54,7 @@ def dump_proposals(cfg, output_dir: str, datasets: Optional[Sequence[str]] = Non
     from tqdm import tqdm
 
     from .engine import Trainer, is_proposal_only
+    from .safety import safe_pickle_in_detectron2
 
     if not is_proposal_only(cfg):
         raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: proposals are dumped from an "
@@ -71,7 +72,8 @@ def dump_proposals(cfg, output_dir: str, datasets: Optional[Sequence[str]] = Non
             continue
         if model is None:
             model = Trainer.build_model(cfg)
-            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            with safe_pickle_in_detectron2():
+                DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
             model.eval()
         ids, boxes, logits = [], [], []
         loader = Trainer.build_test_loader(cfg, name)

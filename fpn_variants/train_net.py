@@ -26,6 +26,7 @@ import fpn_variants  # noqa: F401  registers backbones and datasets (also in spa
 
 from .config import load_config
 from .engine import Trainer
+from .safety import safe_pickle_in_detectron2
 
 __all__ = ["setup", "main", "invoke_main"]
 
@@ -45,7 +46,8 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        with safe_pickle_in_detectron2():
+            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

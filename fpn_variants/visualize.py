@@ -39,7 +39,10 @@ def draw_detections(cfg, weights: str, dataset: str, num_images: int, score_thre
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
     cfg.freeze()
-    predictor = DefaultPredictor(cfg)
+    from .safety import safe_pickle_in_detectron2
+
+    with safe_pickle_in_detectron2():
+        predictor = DefaultPredictor(cfg)
     dicts = DatasetCatalog.get(dataset)[:num_images]
     if not dicts:
         raise ValueError(f"dataset {dataset} is empty")
