@@ -76,7 +76,6 @@ def register_coco_datasets(cfg: CN) -> None:
     import os
 
     from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
 
     for entry in cfg.FPN_VARIANTS.REGISTER_COCO:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and all(isinstance(x, str) for x in entry)):
@@ -92,7 +91,29 @@ def register_coco_datasets(cfg: CN) -> None:
                 raise ValueError(f"FPN_VARIANTS.REGISTER_COCO: dataset {name!r} is already registered with {old}, "
                                  f"not {json_file}; pick another name")
             continue
-        register_coco_instances(name, {}, json_file, image_root)
+        DatasetCatalog.register(name, lambda j=json_file, r=image_root, n=name: load_coco_json_checked(j, r, n))
+        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+
+
+def load_coco_json_checked(json_file: str, image_root: str, name: str):
+    """Detectron2's ``load_coco_json``, with an error naming the file when it is not a readable COCO
+    instances json.
+
+    Raises:
+        ValueError: the file is corrupt or truncated JSON, or lacks COCO's ``images`` /
+            ``annotations`` / ``categories``.
+    """
+    import json
+
+    from detectron2.data.datasets import load_coco_json
+
+    try:
+        return load_coco_json(json_file, image_root, name)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"dataset {name!r}: {json_file} is corrupt or truncated JSON ({e}); re-create it") from None
+    except (KeyError, TypeError, AssertionError) as e:
+        raise ValueError(f"dataset {name!r}: {json_file} is not a COCO instances json (it needs 'images', "
+                         f"'annotations' and 'categories'; failed on {e!r})") from None
 
 
 # Detectron2 get_norm names usable for the pyramid's extra convs ("" = none, the paper).

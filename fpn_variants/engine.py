@@ -20,6 +20,7 @@ import logging
 import os
 from typing import List
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
 from detectron2.data import detection_utils
@@ -31,7 +32,7 @@ from detectron2.utils import comm
 from .evaluation import ProposalRecallEvaluator
 from .safety import safe_pickle_in_detectron2
 
-__all__ = ["build_augmentation", "is_proposal_only", "Trainer", "TqdmProgress"]
+__all__ = ["build_augmentation", "is_proposal_only", "load_weights_for_eval", "Trainer", "TqdmProgress"]
 
 
 def is_proposal_only(cfg: CfgNode) -> bool:
@@ -94,6 +95,44 @@ def _ddp_for_cpu_models():
         yield
     finally:
         d2_defaults.create_ddp_model = original
+
+
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that keeps the incompatible keys of its last model load."""
+
+    incompatible = None
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+def load_weights_for_eval(model, cfg: CfgNode, resume: bool = False) -> str:
+    """Load ``cfg.MODEL.WEIGHTS`` (or, with ``resume``, ``OUTPUT_DIR/last_checkpoint``) into ``model``
+    for evaluation, where every parameter must come from the checkpoint.
+
+    Returns the path loaded. Raises:
+        ValueError: the checkpoint does not fit the model: missing keys, unexpected keys or shape
+            mismatches (e.g. a checkpoint of another pyramid variant), each listed (first 8).
+    """
+    ck = _RecordingCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    with safe_pickle_in_detectron2():
+        ck.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    path = cfg.MODEL.WEIGHTS if not (resume and ck.has_checkpoint()) else ck.get_checkpoint_file()
+    inc = ck.incompatible
+    if inc is None:
+        raise ValueError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r}: no weights were loaded; evaluation needs a trained model")
+    problems = []
+    for what, keys in (("missing", inc.missing_keys), ("unexpected", inc.unexpected_keys),
+                       ("shape mismatch", [k for k, *_ in inc.incorrect_shapes])):
+        if keys:
+            problems.append(f"{len(keys)} {what} ({', '.join(sorted(keys)[:8])}{', ...' if len(keys) > 8 else ''})")
+    if problems:
+        raise ValueError(
+            f"checkpoint {path} does not fit this model (MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r}, "
+            f"d={cfg.MODEL.FPN.OUT_CHANNELS}): " + "; ".join(problems) + ". Was it trained with another variant or config?"
+        )
+    return path
 
 
 class Trainer(DefaultTrainer):

@@ -18,15 +18,13 @@ import logging
 import os
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 import fpn_variants  # noqa: F401  registers backbones and datasets (also in spawned workers)
 
 from .config import load_config
-from .engine import Trainer
-from .safety import safe_pickle_in_detectron2
+from .engine import Trainer, load_weights_for_eval
 
 __all__ = ["setup", "main", "invoke_main"]
 
@@ -42,12 +40,13 @@ def setup(args):
 
 def main(args):
     """Train (``trainer.train()``, evaluating at the end) or, with ``--eval-only``, evaluate
-    ``MODEL.WEIGHTS`` and write ``OUTPUT_DIR/eval_results.json`` atomically."""
+    ``MODEL.WEIGHTS`` (which must hold every parameter of the model: a checkpoint of another variant
+    is an error, :func:`fpn_variants.engine.load_weights_for_eval`) and write
+    ``OUTPUT_DIR/eval_results.json`` atomically."""
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        with safe_pickle_in_detectron2():
-            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        load_weights_for_eval(model, cfg, resume=args.resume)  # every parameter must come from the checkpoint
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
