@@ -8,6 +8,9 @@
   ``FPN_VARIANTS.AUG`` keys (vertical flip, brightness / contrast / saturation);
 * a tqdm progress bar (iteration, loss) on the main process when stderr is a terminal, beside
   Detectron2's periodic log lines;
+* exact resume (one process): checkpoints also hold the RNG states (torch, numpy, random) and a
+  resumed run replays the data loader up to its start iteration before restoring them, so a run
+  killed and restarted with ``--resume`` ends with the same weights as an uninterrupted one;
 * data-parallel training of a CPU model (``--num-gpus N MODEL.DEVICE cpu``, GLOO backend):
   Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]``, which
   ``DistributedDataParallel`` rejects for a CPU module; :class:`Trainer` passes ``device_ids=None``
@@ -18,7 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import List
+import random
+from typing import List, Optional
+
+import numpy as np
+import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
@@ -32,7 +39,8 @@ from detectron2.utils import comm
 from .evaluation import ProposalRecallEvaluator
 from .safety import safe_pickle_in_detectron2
 
-__all__ = ["build_augmentation", "is_proposal_only", "load_weights_for_eval", "Trainer", "TqdmProgress"]
+__all__ = ["build_augmentation", "is_proposal_only", "load_weights_for_eval", "Trainer", "TqdmProgress", "RNGState",
+           "ExactResume"]
 
 
 def is_proposal_only(cfg: CfgNode) -> bool:
@@ -75,6 +83,70 @@ class TqdmProgress(HookBase):
 
     def after_train(self):
         self._bar.close()
+
+
+class RNGState:
+    """A checkpointable (fvcore ``Checkpointer.add_checkpointable``) of this process's RNG states:
+    torch (CPU and, if any, CUDA), numpy's global ``RandomState`` and Python's ``random``, stored as
+    tensors and ints so that ``torch.load(weights_only=True)`` reads them. Loading a checkpoint only
+    *stores* the states; :class:`ExactResume` applies them at the right moment (:meth:`restore`)."""
+
+    def __init__(self):
+        self.pending: Optional[dict] = None
+
+    def state_dict(self) -> dict:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        sd = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached)},
+            "random": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        }
+        if torch.cuda.is_available():
+            sd["cuda"] = torch.cuda.get_rng_state_all()
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.pending = sd
+
+    def restore(self) -> bool:
+        """Apply the stored states; returns False if there were none."""
+        sd, self.pending = self.pending, None
+        if sd is None:
+            return False
+        torch.set_rng_state(sd["torch"])
+        n = sd["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        r = sd["random"]
+        random.setstate((r["version"], tuple(r["internal"]), r["gauss_next"]))
+        if "cuda" in sd and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(sd["cuda"])
+        return True
+
+
+class ExactResume(HookBase):
+    """On a resumed run (``start_iter > 0``), before the first step: draw ``start_iter`` batches from
+    the training data loader (advancing Detectron2's ``TrainingSampler`` and the augmentation RNG of
+    the loader as the interrupted run had) and then restore the RNG states of the checkpoint
+    (:class:`RNGState`), so that every later batch, augmentation and RPN / RoI sampling is the one the
+    uninterrupted run would have made. Costs the data time of ``start_iter`` batches (no model step).
+    Exact for a single process; with several processes only rank 0's RNG states are checkpointed."""
+
+    def __init__(self, rng: RNGState):
+        self._rng = rng
+
+    def before_train(self):
+        t = self.trainer
+        if t.start_iter <= 0 or self._rng.pending is None:
+            self._rng.pending = None
+            return
+        inner = getattr(t, "_trainer", t)
+        it = inner._data_loader_iter
+        for _ in range(t.start_iter):
+            next(it)
+        self._rng.restore()
+        logging.getLogger(__name__).info("exact resume: replayed %d batches and restored the RNG states", t.start_iter)
 
 
 @contextlib.contextmanager
@@ -142,6 +214,7 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         with _ddp_for_cpu_models():
             super().__init__(cfg)
+        self.checkpointer.add_checkpointable("rng", self._rng_for_hooks)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -178,7 +251,15 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         if comm.is_main_process():
             hooks.insert(-1, TqdmProgress())
+        hooks.insert(0, ExactResume(self._rng_for_hooks))
         return hooks
+
+    @property
+    def _rng_for_hooks(self) -> RNGState:
+        # build_hooks runs inside DefaultTrainer.__init__, before self.rng_state exists
+        if "rng_state" not in self.__dict__:
+            self.rng_state = RNGState()
+        return self.rng_state
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

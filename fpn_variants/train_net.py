@@ -20,6 +20,7 @@ import os
 import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
 
 import fpn_variants  # noqa: F401  registers backbones and datasets (also in spawned workers)
 
@@ -35,6 +36,7 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fpn_variants", abbrev_name="fpnv")
     return cfg
 
 

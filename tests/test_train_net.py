@@ -133,3 +133,42 @@ def test_fixed_seed_gives_identical_losses_and_resume_continues(trained, tmp_pat
     proc = train_net("--config-file", cfg, "--resume", *longer, "OUTPUT_DIR", again)
     assert "Starting training from iteration 3" in proc.stdout + proc.stderr
     assert losses(again)[-1][0] == 4
+
+
+def test_sigkill_and_resume_ends_with_the_same_weights_as_an_uninterrupted_run(neon_root, tmp_path):
+    """A run killed with SIGKILL after a checkpoint and restarted with --resume replays the data loader
+    and restores the checkpointed RNG states: its final weights and evaluation equal an uninterrupted
+    run's, bit for bit (CPU, SEED 0, with the random augmentation of the NEON recipe on)."""
+    import signal
+    import time
+
+    import torch
+
+    cfg = os.path.join(REPO, "configs", "NEON", "faster_rcnn_R_18_FPN_cpu.yaml")
+    opts = [*TINY, "SOLVER.MAX_ITER", "9", "SOLVER.CHECKPOINT_PERIOD", "3", "DATALOADER.NUM_WORKERS", "1",
+            "INPUT.MIN_SIZE_TRAIN", "(96, 128)", "INPUT.MIN_SIZE_TEST", "128"]
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    train_net("--config-file", cfg, *opts, "OUTPUT_DIR", straight)
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", cfg, *opts, "OUTPUT_DIR", killed]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tag = os.path.join(killed, "last_checkpoint")
+    deadline = time.time() + 600
+    while time.time() < deadline and not (os.path.isfile(tag) and open(tag).read().strip() == "model_0000005.pth"):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its data-loader worker
+    proc.wait()
+    assert not os.path.isfile(os.path.join(killed, "model_final.pth")), "killed too late"
+    resumed = train_net("--config-file", cfg, "--resume", *opts, "OUTPUT_DIR", killed)
+    log = resumed.stdout + resumed.stderr
+    assert "Starting training from iteration 6" in log and "exact resume: replayed 6 batches" in log
+    a = torch.load(os.path.join(straight, "model_final.pth"))["model"]
+    b = torch.load(os.path.join(killed, "model_final.pth"))["model"]
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+    def final_eval(d):
+        return [l for l in read_metrics(d) if "bbox/AP" in l][-1]
+
+    fa, fb = final_eval(straight), final_eval(killed)
+    assert {k: v for k, v in fa.items() if k.startswith("bbox/")} == {k: v for k, v in fb.items() if k.startswith("bbox/")}
