@@ -21,7 +21,6 @@ import argparse
 import os
 import pickle
 import sys
-import tempfile
 from typing import Dict, Optional, Sequence
 
 __all__ = ["proposal_file", "dump_proposals", "cli"]
@@ -54,6 +53,7 @@ def dump_proposals(cfg, output_dir: str, datasets: Optional[Sequence[str]] = Non
     from tqdm import tqdm
 
     from .engine import Trainer, is_proposal_only
+    from .results import write_bytes_atomic
     from .safety import safe_pickle_in_detectron2
 
     if not is_proposal_only(cfg):
@@ -85,10 +85,7 @@ def dump_proposals(cfg, output_dir: str, datasets: Optional[Sequence[str]] = Non
                     boxes.append(p.proposal_boxes.tensor.numpy().astype("float32"))
                     logits.append(p.objectness_logits.numpy().astype("float32"))
         data = {"ids": ids, "boxes": boxes, "objectness_logits": logits, "bbox_mode": BoxMode.XYXY_ABS.value}
-        fd, tmp = tempfile.mkstemp(dir=output_dir, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
     return out
 
 

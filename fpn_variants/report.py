@@ -195,7 +195,7 @@ def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[in
     xs = range(len(rows))
     means = [r["mean"][h] if r["mean"][h] is not None else float("nan") for r in rows]
     stds = [r["std"][h] or 0.0 for r in rows]
-    ax.bar(xs, means, yerr=stds, capsize=4, color="#7aa6c2", label=f"ours: mean ± std over seeds")
+    ax.bar(xs, means, yerr=stds, capsize=4, color="#7aa6c2", label="ours: mean ± std over seeds")
     for i, r in enumerate(rows):
         pts = [v for v in per_seed.get(r["row"], {}).values() if v is not None]
         ax.plot([i] * len(pts), pts, "k.", ms=4, label="ours: each seed" if i == 0 else None)

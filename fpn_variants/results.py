@@ -19,7 +19,7 @@ import os
 import tempfile
 from typing import Dict, Iterable, Optional, Tuple
 
-__all__ = ["read_metrics", "final_metrics", "last_iteration", "write_json_atomic", "write_text_atomic"]
+__all__ = ["read_metrics", "final_metrics", "last_iteration", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def read_metrics(path: str) -> Tuple[Dict[int, Dict[str, float]], int]:
@@ -83,15 +83,15 @@ def last_iteration(run_dir: str) -> Optional[int]:
     return max(merged) if merged else None
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``, so
-    that a reader (or a kill at any moment) sees the old file or the new one, never a partial one."""
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and ``os.replace``,
+    so that a reader (or a kill at any moment) sees the old file or the new one, never a partial one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -99,6 +99,11 @@ def write_text_atomic(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """:func:`write_bytes_atomic` of ``text`` (UTF-8)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _json_safe(obj):

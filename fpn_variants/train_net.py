@@ -13,7 +13,6 @@ Detectors are evaluated with ``COCOEvaluator`` (AP), RPN-only ``ProposalNetwork`
 proposal recall (AR@100, AR@1000, s/m/l). Training metrics go to ``OUTPUT_DIR/metrics.json``;
 ``--eval-only`` results also to ``OUTPUT_DIR/eval_results.json``.
 """
-import json
 import logging
 import os
 
@@ -26,6 +25,7 @@ import fpn_variants  # noqa: F401  registers backbones and datasets (also in spa
 
 from .config import load_config
 from .engine import Trainer, load_weights_for_eval
+from .results import write_json_atomic
 
 __all__ = ["setup", "main", "invoke_main"]
 
@@ -53,9 +53,7 @@ def main(args):
         if comm.is_main_process():
             verify_results(cfg, res)
             path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
-            with open(path + ".tmp", "w") as f:
-                json.dump(res, f, indent=1)
-            os.replace(path + ".tmp", path)
+            write_json_atomic(path, res)
             logging.getLogger("fpn_variants").info("evaluation results written to %s", path)
         return res
     trainer = Trainer(cfg)

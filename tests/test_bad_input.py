@@ -7,9 +7,7 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data.build import get_detection_dataset_dicts

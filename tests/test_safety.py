@@ -59,6 +59,17 @@ def test_malicious_pth_checkpoint_is_refused_by_torch_weights_only(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_arrays_of_every_pickle_protocol_load(tmp_path, protocol):
+    data = {"ids": [1, "a"], "boxes": [np.arange(8, dtype=np.float32).reshape(2, 4)], "bbox_mode": 0,
+            "objectness_logits": [np.array([0.5, -1.0], dtype=np.float32)], "s": np.float32(2.5)}
+    path = tmp_path / "p.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    with open(path, "rb") as f:
+        got = safe_pickle_load(f)
+    assert got["ids"] == [1, "a"] and np.array_equal(got["boxes"][0], data["boxes"][0]) and got["s"] == np.float32(2.5)
+
+
 def test_malicious_proposal_file_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "proposals.pkl"

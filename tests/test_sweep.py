@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import REPO
-from fpn_variants.report import collect, ranking_agreement, summarize, write_report
+from fpn_variants.report import ranking_agreement, write_report
 from fpn_variants.results import final_metrics, read_metrics
 from fpn_variants.suites import SUITES, Metric, Row, Suite, config_root, get_suite
 from fpn_variants.sweep import plan_runs, run_status, run_sweep

@@ -45,6 +45,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..results import write_bytes_atomic
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -78,21 +80,6 @@ def default_root() -> str:
     """Folder holding ``neon_trees/``: ``$FPN_VARIANTS_DATASETS`` or ``./datasets`` (Detectron2's
     convention for ``$DETECTRON2_DATASETS``)."""
     return os.path.join(os.environ.get("FPN_VARIANTS_DATASETS", "datasets"), "neon_trees")
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def fetch_wheel(cache_dir: str, spec: str = DEEPFOREST_SPEC) -> str:
@@ -295,17 +282,17 @@ def prepare(
                 ok, enc = cv2.imencode(".png", crop)
                 if not ok:
                     raise ValueError(f"could not encode tile {t.file_name}")
-                _atomic_write_bytes(os.path.join(image_dir, t.file_name), enc.tobytes())
+                write_bytes_atomic(os.path.join(image_dir, t.file_name), enc.tobytes())
             all_tiles.extend(tiles)
             logger.info("%s: %dx%d, %d boxes -> %d tiles", src, width, height, len(boxes), len(tiles))
 
     out = {}
     for split in SPLITS:
         data = _coco_json(all_tiles, split)
-        _atomic_write_bytes(_json_path(root, split), json.dumps(data).encode())
+        write_bytes_atomic(_json_path(root, split), json.dumps(data).encode())
         out[split] = _json_path(root, split)
         logger.info("neon_trees_%s: %d tiles, %d boxes", split, len(data["images"]), len(data["annotations"]))
-    _atomic_write_bytes(manifest_path, json.dumps(want, indent=1).encode())
+    write_bytes_atomic(manifest_path, json.dumps(want, indent=1).encode())
     return out
 
 

@@ -11,7 +11,6 @@ import logging
 from typing import Dict
 
 import fvcore.nn.weight_init as weight_init
-import torch.nn.functional as F
 from torch import nn
 
 from detectron2.layers import ShapeSpec
