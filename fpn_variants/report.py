@@ -12,7 +12,8 @@ Writes, each atomically:
 * ``results.csv`` — one line per run: row, seed, status, seconds, error, one column per metric;
 * ``results.json`` — the same runs, plus per row: mean, sample standard deviation (ddof = 1) and
   count over the seeds that finished, and the paper's value;
-* ``report.md`` — the paper's table with ``mean ± std`` beside the paper's number in each cell, the
+* ``report.md`` — the paper's table with ``mean ± std`` beside the paper's number in each cell and
+  each row's cost (parameters, GFLOPs: :func:`row_costs`, cached in ``costs.json``), the
   ranking of rows by the suite's headline metric against the paper's, failed runs with their error;
 * ``<suite>.png`` — the headline metric per row (mean, error bar = std over seeds, x = each seed),
   with the paper's value where it has one.
@@ -34,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 from .results import final_metrics, write_json_atomic, write_text_atomic
 from .suites import Suite
 
-__all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "write_report", "cli"]
+__all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "row_costs", "write_report", "cli"]
 
 AR_NOTE = (
     "Proposal AR (fpn_variants.evaluation.ProposalRecallEvaluator) is averaged over IoU 0.50:0.05:0.95 and "
@@ -75,6 +76,69 @@ def collect(sweep_dir: str) -> dict:
                 error=rec.get("error"), metrics={m.name: vals[m.key] for m in suite.metrics if m.key in vals},
             ))
     return dict(suite=suite, seeds=man["seeds"], opts=man.get("opts", []), commands=man.get("commands", []), runs=runs)
+
+
+def _row_cost(config_file: str, opts: List[str]) -> dict:
+    """Parameters (millions) and inference GFLOPs (fvcore via Detectron2's ``FlopCountAnalysis``; one
+    multiply-add = 1 flop) of the row's whole model, randomly initialised, on one random S x S image,
+    S = ``INPUT.MIN_SIZE_TEST``. The RoI head's share depends on how many proposals survive NMS, so
+    for detectors the number is indicative; the backbone + pyramid part is exact."""
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    from .config import load_config
+
+    cfg = load_config(config_file, opts)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    size = int(cfg.INPUT.MIN_SIZE_TEST)
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(3, size, size, generator=g) * 255).round()
+    with torch.no_grad():
+        fca = FlopCountAnalysis(model, [{"image": image, "height": size, "width": size}])
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        gflops = fca.total() / 1e9
+    return dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6, gflops=gflops, image=f"{size}x{size}")
+
+
+def row_costs(sweep_dir: str, suite: Suite, opts: List[str]) -> Dict[str, dict]:
+    """:func:`_row_cost` of every row (with the sweep's overrides), cached in ``sweep_dir/costs.json``
+    by config file content + overrides, so a report is cheap to rewrite. A row whose model cannot be
+    built gets ``{"error": ...}``."""
+    import hashlib
+
+    from .suites import config_root
+
+    path = os.path.join(sweep_dir, "costs.json")
+    cache = {}
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                cache = json.load(f)
+        except ValueError:
+            cache = {}
+    out = {}
+    for row in suite.rows:
+        cfg_file = row.config if os.path.isabs(row.config) else os.path.join(config_root(), row.config)
+        row_opts = [*row.opts, *opts]
+        try:
+            with open(cfg_file, "rb") as f:
+                key = hashlib.sha256(f.read() + json.dumps(row_opts).encode()).hexdigest()
+        except OSError as e:
+            out[row.key] = {"error": str(e)}
+            continue
+        if cache.get(row.key, {}).get("key") == key:
+            out[row.key] = cache[row.key]
+            continue
+        try:
+            out[row.key] = dict(_row_cost(cfg_file, row_opts), key=key)
+        except Exception as e:  # reported in the table, never fatal for the report
+            out[row.key] = {"error": f"{type(e).__name__}: {e}", "key": key}
+    write_json_atomic(path, out)
+    return out
 
 
 def _mean_std(xs: List[float]):
@@ -216,7 +280,8 @@ def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[in
     os.replace(tmp, path)
 
 
-def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: List[dict] = ()) -> str:
+def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: List[dict] = (),
+              costs: Optional[Dict[str, dict]] = None) -> str:
     suite: Suite = collected["suite"]
     names = [m.name for m in suite.metrics]
     L = [f"# {suite.name}: {suite.title}", ""]
@@ -228,8 +293,10 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
     L.append(f"Seeds: {collected['seeds']}; overrides: {collected['opts'] or 'none'}. Each cell: our mean ± sample "
              "std over the seeds that finished (in %), then the paper's number in parentheses.")
     L.append("")
-    L.append("| row | " + " | ".join(names) + " | seeds done | min / run |")
-    L.append("|---|" + "---|" * (len(names) + 2))
+    costs = costs or {}
+    img = next((c["image"] for c in costs.values() if "image" in c), "")
+    L.append("| row | " + " | ".join(names) + f" | params (M) | GFLOPs ({img}) | seeds done | min / run |")
+    L.append("|---|" + "---|" * (len(names) + 4))
     for r in rows:
         cells = []
         for n in names:
@@ -239,8 +306,15 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
             cells.append(c)
         note = f"{r['n_done']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
         mins = f"{r['seconds'] / 60:.1f}" if r["seconds"] else "—"
-        L.append(f"| {r['label']} | " + " | ".join(cells) + f" | {note} | {mins} |")
+        c = costs.get(r["row"], {})
+        cost = f"{c['params_m']:.2f} | {c['gflops']:.2f}" if "gflops" in c else "— | —"
+        L.append(f"| {r['label']} | " + " | ".join(cells) + f" | {cost} | {note} | {mins} |")
     L.append("")
+    if costs:
+        L.append("Costs: parameters and inference GFLOPs of the whole model (fvcore, one multiply-add = 1 flop) on "
+                 f"one {img} image, random init (the RoI head's share depends on the proposals kept after NMS); "
+                 "min / run: wall time of a run on the sweep's machine, including evaluation.")
+        L.append("")
     h = suite.headline
     L.append(f"![{h} per row]({os.path.basename(png)})")
     L.append("")
@@ -292,8 +366,9 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
     return "\n".join(L)
 
 
-def write_report(sweep_dir: str) -> Dict[str, str]:
-    """Write ``results.csv``, ``results.json``, ``report.md`` and ``<suite>.png`` into ``sweep_dir``.
+def write_report(sweep_dir: str, with_costs: bool = True) -> Dict[str, str]:
+    """Write ``results.csv``, ``results.json``, ``report.md`` and ``<suite>.png`` into ``sweep_dir``;
+    with ``with_costs``, the table also carries each row's parameters and GFLOPs (:func:`row_costs`).
 
     Returns:
         ``{file name: path}`` of the files written.
@@ -306,6 +381,9 @@ def write_report(sweep_dir: str) -> Dict[str, str]:
     rows = summarize(col)
     rank = ranking_agreement(rows, suite.headline)
     claims = versus_baseline(rows, suite)
+    costs = row_costs(sweep_dir, suite, col["opts"]) if with_costs else {}
+    for r in rows:
+        r["cost"] = costs.get(r["row"])
     paths = {n: os.path.join(sweep_dir, n) for n in ("results.csv", "results.json", "report.md")}
     paths["png"] = os.path.join(sweep_dir, f"{suite.name}.png")
     write_text_atomic(paths["results.csv"], _csv(col))
@@ -314,17 +392,18 @@ def write_report(sweep_dir: str) -> Dict[str, str]:
         rows=[{k: v for k, v in r.items() if k != "per_seed"} for r in rows], ranking=rank, versus_baseline=claims,
     ))
     _plot(paths["png"], suite, rows, {r["row"]: r["per_seed"] for r in rows})
-    write_text_atomic(paths["report.md"], _markdown(col, rows, rank, paths["png"], claims))
+    write_text_atomic(paths["report.md"], _markdown(col, rows, rank, paths["png"], claims, costs))
     return paths
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fpn_variants.report", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep_dir", nargs="+", help="sweep folder(s) holding sweep.json")
+    p.add_argument("--no-costs", action="store_true", help="leave out the params / GFLOPs columns")
     a = p.parse_args(argv)
     for d in a.sweep_dir:
         try:
-            paths = write_report(d)
+            paths = write_report(d, with_costs=not a.no_costs)
         except FileNotFoundError as e:
             p.error(str(e))
         print(paths["report.md"])

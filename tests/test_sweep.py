@@ -73,6 +73,9 @@ def check_complete_sweep(out, suite, seeds):
     assert "| (c) FPN |" in md and "(56.3)" in md and "## Ranking by AR1k" in md and "How AR is computed" in md
     assert "## Each claim against the baseline (AR1k)" in md and "| (d) bottom-up | the top-down pathway matters |" in md
     assert os.path.getsize(os.path.join(out, f"{suite.name}.png")) > 5000
+    costs = json.load(open(os.path.join(out, "costs.json")))  # issue 5: cost beside accuracy
+    assert costs["c_fpn"]["params_m"] > 1 and costs["c_fpn"]["gflops"] > costs["d_bottom_up"]["gflops"] * 0.9
+    assert "| params (M) | GFLOPs (96x96) |" in md
 
 
 def test_local_executor_two_rows_two_seeds(tmp_path):
