@@ -29,13 +29,17 @@ import io
 import json
 import math
 import os
+import statistics
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 from .results import final_metrics, write_json_atomic, write_text_atomic
 from .suites import Suite
 
 __all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "row_costs", "write_report", "cli"]
+
+LATENCY_WARMUP, LATENCY_REPEATS = 2, 10
 
 AR_NOTE = (
     "Proposal AR (fpn_variants.evaluation.ProposalRecallEvaluator) is averaged over IoU 0.50:0.05:0.95 and "
@@ -79,10 +83,12 @@ def collect(sweep_dir: str) -> dict:
 
 
 def _row_cost(config_file: str, opts: List[str]) -> dict:
-    """Parameters (millions) and inference GFLOPs (fvcore via Detectron2's ``FlopCountAnalysis``; one
-    multiply-add = 1 flop) of the row's whole model, randomly initialised, on one random S x S image,
-    S = ``INPUT.MIN_SIZE_TEST``. The RoI head's share depends on how many proposals survive NMS, so
-    for detectors the number is indicative; the backbone + pyramid part is exact."""
+    """Parameters (millions), inference GFLOPs (fvcore via Detectron2's ``FlopCountAnalysis``; one
+    multiply-add = 1 flop) and CPU latency (``latency_s``: median seconds of ``LATENCY_REPEATS`` calls
+    after ``LATENCY_WARMUP``, batch 1, ``torch.inference_mode``, this process's torch threads) of the
+    row's whole model, randomly initialised, on one random S x S image, S = ``INPUT.MIN_SIZE_TEST``.
+    The RoI head runs on ``MODEL.RPN.POST_NMS_TOPK_TEST`` proposals whatever the weights, so random
+    weights cost what trained ones do up to the final NMS; the backbone + pyramid part is exact."""
     import torch
     from detectron2.modeling import build_model
     from detectron2.utils.analysis import FlopCountAnalysis
@@ -101,7 +107,16 @@ def _row_cost(config_file: str, opts: List[str]) -> dict:
         fca = FlopCountAnalysis(model, [{"image": image, "height": size, "width": size}])
         fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         gflops = fca.total() / 1e9
-    return dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6, gflops=gflops, image=f"{size}x{size}")
+    inputs = [{"image": image, "height": size, "width": size}]
+    times = []
+    with torch.inference_mode():
+        for i in range(LATENCY_WARMUP + LATENCY_REPEATS):
+            t = time.perf_counter()
+            model(inputs)
+            if i >= LATENCY_WARMUP:
+                times.append(time.perf_counter() - t)
+    return dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6, gflops=gflops, image=f"{size}x{size}",
+                latency_s=statistics.median(times), threads=torch.get_num_threads())
 
 
 def row_costs(sweep_dir: str, suite: Suite, opts: List[str]) -> Dict[str, dict]:
@@ -130,7 +145,7 @@ def row_costs(sweep_dir: str, suite: Suite, opts: List[str]) -> Dict[str, dict]:
         except OSError as e:
             out[row.key] = {"error": str(e)}
             continue
-        if cache.get(row.key, {}).get("key") == key:
+        if cache.get(row.key, {}).get("key") == key and "latency_s" in cache[row.key]:
             out[row.key] = cache[row.key]
             continue
         try:
@@ -295,8 +310,8 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
     L.append("")
     costs = costs or {}
     img = next((c["image"] for c in costs.values() if "image" in c), "")
-    L.append("| row | " + " | ".join(names) + f" | params (M) | GFLOPs ({img}) | seeds done | min / run |")
-    L.append("|---|" + "---|" * (len(names) + 4))
+    L.append("| row | " + " | ".join(names) + f" | params (M) | GFLOPs ({img}) | latency (s) | seeds done | min / run |")
+    L.append("|---|" + "---|" * (len(names) + 5))
     for r in rows:
         cells = []
         for n in names:
@@ -307,13 +322,19 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
         note = f"{r['n_done']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
         mins = f"{r['seconds'] / 60:.1f}" if r["seconds"] else "—"
         c = costs.get(r["row"], {})
-        cost = f"{c['params_m']:.2f} | {c['gflops']:.2f}" if "gflops" in c else "— | —"
+        cost = " | ".join([f"{c['params_m']:.2f}" if "params_m" in c else "—",
+                           f"{c['gflops']:.2f}" if c.get("gflops") is not None else "—",
+                           f"{c['latency_s']:.3f}" if c.get("latency_s") is not None else "—"])
         L.append(f"| {r['label']} | " + " | ".join(cells) + f" | {cost} | {note} | {mins} |")
     L.append("")
     if costs:
-        L.append("Costs: parameters and inference GFLOPs of the whole model (fvcore, one multiply-add = 1 flop) on "
-                 f"one {img} image, random init (the RoI head's share depends on the proposals kept after NMS); "
-                 "min / run: wall time of a run on the sweep's machine, including evaluation.")
+        threads = next((c["threads"] for c in costs.values() if "threads" in c), "?")
+        L.append("Costs: parameters, inference GFLOPs (fvcore, one multiply-add = 1 flop) and CPU latency (median of "
+                 f"{LATENCY_REPEATS} calls after {LATENCY_WARMUP} warm-up, batch 1, {threads} torch threads, measured "
+                 f"when the costs were first computed) of the whole model on one {img} image, random init (the RoI "
+                 "head runs on every proposal kept by the RPN, trained or not); "
+                 "min / run: wall time of a run on the sweep's machine, including evaluation. "
+                 "benchmarks/benchmark.py measures these against Detectron2's FPN in one run.")
         L.append("")
     h = suite.headline
     L.append(f"![{h} per row]({os.path.basename(png)})")

@@ -75,7 +75,10 @@ def check_complete_sweep(out, suite, seeds):
     assert os.path.getsize(os.path.join(out, f"{suite.name}.png")) > 5000
     costs = json.load(open(os.path.join(out, "costs.json")))  # issue 5: cost beside accuracy
     assert costs["c_fpn"]["params_m"] > 1 and costs["c_fpn"]["gflops"] > costs["d_bottom_up"]["gflops"] * 0.9
-    assert "| params (M) | GFLOPs (96x96) |" in md
+    assert costs["c_fpn"]["latency_s"] > 0 and costs["c_fpn"]["threads"] >= 1
+    assert "| params (M) | GFLOPs (96x96) | latency (s) |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| (c) FPN |"))
+    assert f"| {costs['c_fpn']['latency_s']:.3f} |" in row
 
 
 def test_local_executor_two_rows_two_seeds(tmp_path):

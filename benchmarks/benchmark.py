@@ -1,0 +1,421 @@
+#!/usr/bin/env python
+"""Cost of every pyramid and of the C4 / C5 baselines against Detectron2's own FPN, measured in one run.
+
+For each setting (``--settings``; default both):
+
+* ``r50-800``: the paper's setting, R-50, ``d`` = 256, one 800x1216 image (COCO configs,
+  ``configs/COCO/faster_rcnn_*.yaml``, train batch 1 per process);
+* ``r18-neon``: the CPU recipe, R-18, ``d`` = 128, 200x200 tiles (``configs/NEON/faster_rcnn_*.yaml``,
+  train batch ``SOLVER.IMS_PER_BATCH`` = 8),
+
+it builds Faster R-CNN with Detectron2's stock ``build_resnet_fpn_backbone`` ("detectron2 FPN"),
+with every registered pyramid of this package (``fpn_variants.PRESETS``, BiFPN with its weighted
+fusion) and the Table 3 (a) C4 and (b) C5 baselines, all randomly initialised from the same
+config, and measures:
+
+* parameters of the whole detector and of the neck (backbone minus bottom-up pathway), millions;
+* FLOPs of the neck alone and of the whole detector at inference (fvcore's counter through
+  Detectron2's ``FlopCountAnalysis``; one fused multiply-add = 1 flop, as Detectron2 counts), GFLOPs;
+* CPU latency of the neck alone (on precomputed C2..C5) and end to end (``model([image])`` in eval
+  mode, pre- and post-processing included): median seconds over ``--repeats`` calls after
+  ``--warmup`` calls, under ``torch.inference_mode``, models interleaved round-robin so drift of
+  the machine hits all alike;
+* training throughput (images / s; SGD steps as Detectron2's ``SimpleTrainer`` on a fixed synthetic
+  batch with 5 boxes per image, so data loading is excluded) and peak resident memory (RSS, MiB,
+  ``VmHWM`` of a fresh process per model: imports + model + training);
+* achieved GFLOP/s of end-to-end inference, and as a fraction of this machine's measured fp32
+  matmul peak (``torch.mm`` of 2048x2048 matrices, same flop convention);
+* each cost as a ratio to Detectron2's FPN measured in the same run.
+
+With random weights the RPN passes ``MODEL.RPN.POST_NMS_TOPK_TEST`` proposals to the RoI head, so
+the end-to-end numbers are an upper bound of a trained detector's (which also keeps few boxes).
+
+    .venv/bin/python benchmarks/benchmark.py [--out docs/results] [--settings r50-800 r18-neon]
+        [--repeats 10] [--warmup 2] [--train-iters 3] [--train-warmup 1]
+
+Writes ``benchmark.csv``, ``benchmark.json`` and ``benchmark.md`` (atomically) under ``--out``.
+Errors: an unknown ``--settings`` / ``--models`` name or a non-positive count exits with a message
+naming the bad value and the valid ones.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+warnings.filterwarnings("ignore")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, REPO)
+
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
+
+import fpn_variants  # noqa: E402
+from fpn_variants.config import load_config  # noqa: E402
+from fpn_variants.results import write_json_atomic, write_text_atomic  # noqa: E402
+
+REFERENCE = "detectron2 FPN"
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    title: str
+    folder: str  # configs/<folder>/faster_rcnn_*.yaml
+    height: int
+    width: int
+    train_batch: Optional[int]  # None: the config's SOLVER.IMS_PER_BATCH
+
+
+SETTINGS: Dict[str, Setting] = {
+    s.key: s for s in (
+        Setting("r50-800", "R-50, d=256, 800x1216 (the paper's size; COCO configs)", "COCO", 800, 1216, 1),
+        Setting("r18-neon", "R-18, d=128, 200x200 (the NEON CPU recipe)", "NEON", 200, 200, None),
+    )
+}
+
+
+def _models() -> Dict[str, tuple]:
+    """Model key -> (config stem, overrides). Every preset on the Table 3(c) FPN config."""
+    models = {REFERENCE: ("faster_rcnn_c_fpn", ("MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone"))}
+    for preset in fpn_variants.PRESETS:
+        opts = ("MODEL.BACKBONE.NAME", fpn_variants.backbone_name(preset))
+        if preset == "fpn_bifpn":
+            opts += ("MODEL.FPN.FUSE_TYPE", "weighted")
+        models[preset] = ("faster_rcnn_c_fpn", opts)
+    models["C4 (Table 3a)"] = ("faster_rcnn_a_C4", ())
+    models["C5 (Table 3b)"] = ("faster_rcnn_b_C5", ())
+    return models
+
+
+MODELS = _models()
+
+
+def build_cfg(setting: Setting, model_key: str):
+    stem, opts = MODELS[model_key]
+    cfg = load_config(os.path.join(REPO, "configs", setting.folder, f"{stem}.yaml"),
+                      ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    return cfg
+
+
+def synthetic_image(setting: Setting, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(3, setting.height, setting.width, generator=g) * 255).round()
+
+
+def synthetic_batch(setting: Setting, n: int) -> List[dict]:
+    """``n`` training inputs in Detectron2's format: a random (3, H, W) BGR image with 5 boxes of
+    side 8-50 % of the image, class 0."""
+    out = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(1000 + i)
+        h, w = setting.height, setting.width
+        side = torch.rand(5, 2, generator=g) * 0.42 + 0.08
+        x0 = torch.rand(5, generator=g) * (1 - side[:, 0])
+        y0 = torch.rand(5, generator=g) * (1 - side[:, 1])
+        boxes = torch.stack([x0 * w, y0 * h, (x0 + side[:, 0]) * w, (y0 + side[:, 1]) * h], dim=1)
+        inst = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=torch.zeros(5, dtype=torch.int64))
+        out.append({"image": synthetic_image(setting, 1000 + i), "height": h, "width": w, "instances": inst})
+    return out
+
+
+class _Fixed(nn.Module):
+    """Stands in for the bottom-up pathway: returns precomputed C2..C5, so only the neck runs."""
+
+    def __init__(self, feats, shapes):
+        super().__init__()
+        self.feats, self.shapes = feats, shapes
+
+    def forward(self, x):
+        return self.feats
+
+    def output_shape(self):
+        return self.shapes
+
+
+def _flops(model, inputs) -> float:
+    """GFLOPs of one call: Detectron2's counter for a detector (a list of input dicts), fvcore's for a
+    module taking tensors."""
+    if isinstance(inputs, list):
+        fca = FlopCountAnalysis(model, inputs)
+    else:
+        from fvcore.nn import FlopCountAnalysis as TensorFlopCountAnalysis
+
+        fca = TensorFlopCountAnalysis(model, inputs)
+    fca.unsupported_ops_warnings(False)
+    fca.uncalled_modules_warnings(False)
+    return fca.total() / 1e9
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matmul throughput in GFLOP/s (multiply-add = 1 flop, as fvcore), the best
+    of ``repeats`` ``torch.mm`` calls of n x n matrices after one warm-up call."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return n ** 3 / best / 1e9
+
+
+def measure_inference(setting: Setting, keys: Sequence[str], repeats: int, warmup: int) -> Dict[str, dict]:
+    """Parameters, FLOPs and latency (neck and end to end) of each model, interleaved round-robin."""
+    image = synthetic_image(setting)
+    inputs = [{"image": image, "height": setting.height, "width": setting.width}]
+    models, rows, necks = {}, {}, {}
+    for key in keys:
+        torch.manual_seed(0)
+        model = build_model(build_cfg(setting, key)).eval()
+        models[key] = model
+        backbone = model.backbone
+        row = dict(setting=setting.key, model=key, params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+        with torch.no_grad():
+            row["GFLOPs"] = _flops(model, inputs)
+        bottom_up = getattr(backbone, "bottom_up", None)
+        if bottom_up is not None:
+            row["neck_params_M"] = sum(p.numel() for n, p in backbone.named_parameters()
+                                       if not n.startswith("bottom_up.")) / 1e6
+            x = model.preprocess_image(inputs).tensor
+            with torch.no_grad():  # not inference_mode: fvcore's tracer reuses these maps
+                feats = bottom_up(x)
+            # the neck alone: the same backbone module with its bottom-up swapped for the fixed maps
+            backbone.bottom_up = _Fixed(feats, bottom_up.output_shape())
+            with torch.no_grad():
+                row["neck_GFLOPs"] = _flops(backbone, (x,))
+            necks[key] = (backbone, x)
+            row["_restore"] = bottom_up
+        rows[key] = row
+    neck_times = {k: [] for k in necks}
+    e2e_times = {k: [] for k in models}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for key, (backbone, x) in necks.items():
+                t = time.perf_counter()
+                backbone(x)
+                if i >= warmup:
+                    neck_times[key].append(time.perf_counter() - t)
+        for key, row in rows.items():  # back to the real bottom-up for end-to-end timing
+            if "_restore" in row:
+                models[key].backbone.bottom_up = row.pop("_restore")
+        for i in range(warmup + repeats):
+            for key, model in models.items():
+                t = time.perf_counter()
+                model(inputs)
+                if i >= warmup:
+                    e2e_times[key].append(time.perf_counter() - t)
+    for key, row in rows.items():
+        if key in neck_times:
+            row["neck_latency_ms"] = 1e3 * statistics.median(neck_times[key])
+        row["latency_s"] = statistics.median(e2e_times[key])
+        row["latency_spread_s"] = max(e2e_times[key]) - min(e2e_times[key])
+        row["achieved_GFLOP_per_s"] = row["GFLOPs"] / row["latency_s"]
+    return rows
+
+
+def _rss_high_water_mib() -> float:
+    """This process's peak resident set size (MiB), ``VmHWM`` of ``/proc/self/status``: unlike
+    ``getrusage``'s ``ru_maxrss`` it starts afresh at ``exec``, so it does not inherit the parent
+    benchmark's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status (the training benchmark needs Linux)")
+
+
+def train_worker(setting: Setting, key: str, iters: int, warmup: int, batch: Optional[int]) -> dict:
+    """Run in a fresh process: ``warmup + iters`` SGD steps of the model on a fixed synthetic batch;
+    returns the median step time (s), images / s and the process's peak RSS (MiB)."""
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import EventStorage
+
+    cfg = build_cfg(setting, key)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    n = batch or setting.train_batch or cfg.SOLVER.IMS_PER_BATCH
+    data = synthetic_batch(setting, n)
+    optimizer = build_optimizer(cfg, model)
+    rss_built = _rss_high_water_mib()
+    times = []
+    with EventStorage(0) as storage:  # Detectron2's heads log training statistics into it
+        for i in range(warmup + iters):
+            t = time.perf_counter()
+            losses = sum(model(data).values())
+            optimizer.zero_grad()
+            losses.backward()
+            optimizer.step()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+            storage.step()
+    step = statistics.median(times)
+    return dict(train_batch=n, train_step_s=step, train_images_per_s=n / step,
+                train_peak_rss_MiB=_rss_high_water_mib(),
+                built_rss_MiB=rss_built)
+
+
+def measure_training(setting: Setting, keys: Sequence[str], iters: int, warmup: int,
+                     batch: Optional[int]) -> Dict[str, dict]:
+    """:func:`train_worker` of each model in its own process (so peak RSS is the model's own)."""
+    out = {}
+    for key in keys:
+        cmd = [sys.executable, os.path.abspath(__file__), "--train-worker", setting.key, key,
+               "--train-iters", str(iters), "--train-warmup", str(warmup)]
+        if batch:
+            cmd += ["--train-batch", str(batch)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"training benchmark of {key!r} ({setting.key}) failed:\n{proc.stderr[-3000:]}")
+        out[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  trained {key}: {out[key]['train_step_s']:.2f} s/step", file=sys.stderr)
+    return out
+
+
+RATIOS = (("params_M", "params"), ("GFLOPs", "GFLOPs"), ("neck_GFLOPs", "neck_GFLOPs"),
+          ("neck_latency_ms", "neck_latency"), ("latency_s", "latency"), ("train_images_per_s", "throughput"),
+          ("train_peak_rss_MiB", "peak_rss"))
+
+
+def add_ratios(rows: List[dict], peak: float) -> None:
+    """``<name>_vs_D2`` = row value / Detectron2 FPN's value in the same setting, for each of RATIOS;
+    ``peak_fraction`` = achieved GFLOP/s / matmul peak."""
+    ref = {r["setting"]: r for r in rows if r["model"] == REFERENCE}
+    for r in rows:
+        base = ref.get(r["setting"])
+        for field, name in RATIOS:
+            if base is not None and r.get(field) is not None and base.get(field):
+                r[f"{name}_vs_D2"] = r[field] / base[field]
+        if r.get("achieved_GFLOP_per_s") is not None:
+            r["peak_fraction"] = r["achieved_GFLOP_per_s"] / peak
+
+
+def _f(v, fmt):
+    return "—" if v is None else format(v, fmt)
+
+
+def markdown(rows: List[dict], meta: dict) -> str:
+    lines = [
+        "# Cost of every pyramid against Detectron2's FPN (one run)",
+        "",
+        f"Command: `{meta['command']}`; {meta['date']}, torch {meta['torch']}, {meta['threads']} threads, "
+        f"{meta['cpu']}. Measured fp32 matmul peak: {meta['matmul_peak_GFLOP_per_s']:.1f} GFLOP/s "
+        "(multiply-add = 1 flop, as fvcore). Randomly initialised Faster R-CNN, batch 1 for inference; "
+        "latency = median of the timed calls, models interleaved; training = median SGD step on a fixed "
+        "synthetic batch, each model in a fresh process (peak RSS = that process's). Ratios are to "
+        "Detectron2's `build_resnet_fpn_backbone` in the same run (\"/ D2\").",
+        "",
+    ]
+    for skey in meta["settings"]:
+        s = SETTINGS[skey]
+        part = [r for r in rows if r["setting"] == skey]
+        if not part:
+            continue
+        batch = part[0].get("train_batch")
+        lines += [
+            f"## {s.title}", "",
+            f"Training batch: {batch} images of {s.height}x{s.width}.", "",
+            "| model | params (M) | neck params (M) | GFLOPs | neck GFLOPs | neck latency (ms) | latency (s) | "
+            "GFLOP/s (% of peak) | train (img/s) | peak RSS (MiB) | params / D2 | GFLOPs / D2 | neck latency / D2 | "
+            "latency / D2 | throughput / D2 | RSS / D2 |",
+            "|---|" + "---|" * 15,
+        ]
+        for r in part:
+            pct = f"{r['achieved_GFLOP_per_s']:.1f} ({100 * r['peak_fraction']:.0f} %)"
+            lines.append(
+                f"| {r['model']} | {_f(r['params_M'], '.2f')} | {_f(r.get('neck_params_M'), '.3f')} | "
+                f"{_f(r['GFLOPs'], '.1f')} | {_f(r.get('neck_GFLOPs'), '.2f')} | {_f(r.get('neck_latency_ms'), '.1f')} | "
+                f"{_f(r['latency_s'], '.3f')} | {pct} | {_f(r.get('train_images_per_s'), '.2f')} | "
+                f"{_f(r.get('train_peak_rss_MiB'), '.0f')} | {_f(r.get('params_vs_D2'), '.3f')} | "
+                f"{_f(r.get('GFLOPs_vs_D2'), '.3f')} | {_f(r.get('neck_latency_vs_D2'), '.3f')} | "
+                f"{_f(r.get('latency_vs_D2'), '.3f')} | {_f(r.get('throughput_vs_D2'), '.3f')} | "
+                f"{_f(r.get('peak_rss_vs_D2'), '.3f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _check_positive(name, value, minimum=1):
+    if value < minimum:
+        raise SystemExit(f"{name} {value} is not valid: must be >= {minimum}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="docs/results")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), metavar="SETTING")
+    p.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL",
+                   help=f"default: all of {', '.join(MODELS)} (Detectron2's FPN is always measured)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--train-iters", type=int, default=3)
+    p.add_argument("--train-warmup", type=int, default=1)
+    p.add_argument("--train-batch", type=int, help="images per training step (default: see the settings)")
+    p.add_argument("--no-train", action="store_true", help="skip training throughput and RSS")
+    p.add_argument("--train-worker", nargs=2, metavar=("SETTING", "MODEL"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    for s in a.settings if not a.train_worker else [a.train_worker[0]]:
+        if s not in SETTINGS:
+            raise SystemExit(f"unknown setting {s!r}; valid: {', '.join(SETTINGS)}")
+    for m in a.models if not a.train_worker else [a.train_worker[1]]:
+        if m not in MODELS:
+            raise SystemExit(f"unknown model {m!r}; valid: {', '.join(repr(k) for k in MODELS)}")
+    _check_positive("--repeats", a.repeats)
+    _check_positive("--train-iters", a.train_iters)
+    _check_positive("--warmup", a.warmup, 0)
+    _check_positive("--train-warmup", a.train_warmup, 0)
+    if a.train_batch is not None:
+        _check_positive("--train-batch", a.train_batch)
+    if a.train_worker:
+        skey, mkey = a.train_worker
+        print(json.dumps(train_worker(SETTINGS[skey], mkey, a.train_iters, a.train_warmup, a.train_batch)))
+        return 0
+    keys = [REFERENCE] + [m for m in a.models if m != REFERENCE]
+    peak = matmul_peak_gflops()
+    rows = []
+    for skey in a.settings:
+        s = SETTINGS[skey]
+        print(f"[benchmark] {s.title}: inference", file=sys.stderr)
+        res = measure_inference(s, keys, a.repeats, a.warmup)
+        if not a.no_train:
+            print(f"[benchmark] {s.title}: training", file=sys.stderr)
+            for key, t in measure_training(s, keys, a.train_iters, a.train_warmup, a.train_batch).items():
+                res[key].update(t)
+        rows += list(res.values())
+    add_ratios(rows, peak)
+    argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    meta = dict(command=f".venv/bin/python benchmarks/benchmark.py {argv_s}".strip(), date=time.strftime("%Y-%m-%d"),
+                torch=torch.__version__, threads=torch.get_num_threads(),
+                cpu=f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+                matmul_peak_GFLOP_per_s=peak, settings=a.settings)
+    os.makedirs(a.out, exist_ok=True)
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("setting", "model"), k))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(os.path.join(a.out, "benchmark.csv"), buf.getvalue())
+    write_json_atomic(os.path.join(a.out, "benchmark.json"), dict(meta=meta, rows=rows))
+    md = markdown(rows, meta)
+    write_text_atomic(os.path.join(a.out, "benchmark.md"), md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""benchmarks/benchmark.py works end to end on a tiny budget and holds the cost targets that are
+exact (parameters, FLOPs); latency and throughput ratios are measured by running it, never tested."""
+import csv
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("fpn_benchmark", os.path.join(ROOT, "benchmarks", "benchmark.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while it executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_preset_and_both_baselines_are_benchmarked(bench):
+    import fpn_variants
+
+    assert set(fpn_variants.PRESETS) <= set(bench.MODELS)
+    assert {bench.REFERENCE, "C4 (Table 3a)", "C5 (Table 3b)"} <= set(bench.MODELS)
+
+
+def test_inference_costs_and_report(bench, tmp_path):
+    out = tmp_path / "res"
+    assert bench.main(["--out", str(out), "--settings", "r18-neon", "--models", "fpn_full", "fpn_lateral_only",
+                       "C5 (Table 3b)", "--repeats", "1", "--warmup", "0", "--no-train"]) == 0
+    rows = {r["model"]: r for r in csv.DictReader(open(out / "benchmark.csv"))}
+    assert set(rows) == {bench.REFERENCE, "fpn_full", "fpn_lateral_only", "C5 (Table 3b)"}
+    full, ref = rows["fpn_full"], rows[bench.REFERENCE]
+    # our FPN is Detectron2's FPN: same parameters and FLOPs, neck and whole detector
+    for field in ("params_M", "neck_params_M", "GFLOPs", "neck_GFLOPs"):
+        assert float(full[field]) == pytest.approx(float(ref[field]), rel=1e-9), field
+    assert float(full["params_vs_D2"]) == pytest.approx(1.0)
+    # the lateral-only pyramid drops the 3x3 output convs: fewer neck parameters and FLOPs
+    assert float(rows["fpn_lateral_only"]["neck_params_M"]) < float(ref["neck_params_M"])
+    assert float(rows["fpn_lateral_only"]["neck_GFLOPs"]) < float(ref["neck_GFLOPs"])
+    # neck params: 1x1 laterals (64+128+256+512)*128 + 4 3x3 convs 128*128*9, with biases
+    expected = (64 + 128 + 256 + 512) * 128 + 4 * 9 * 128 * 128 + 8 * 128
+    assert float(ref["neck_params_M"]) * 1e6 == pytest.approx(expected)
+    assert rows["C5 (Table 3b)"]["neck_params_M"] == ""  # no pyramid, no neck
+    for r in rows.values():
+        assert float(r["latency_s"]) > 0 and 0 < float(r["peak_fraction"])
+    meta = json.load(open(out / "benchmark.json"))["meta"]
+    assert meta["matmul_peak_GFLOP_per_s"] > 0
+    md = open(out / "benchmark.md").read()
+    assert "| fpn_full | 15.52 |" in md and "R-18, d=128, 200x200" in md
+
+
+def test_training_worker_measures_throughput_and_memory(bench):
+    r = bench.train_worker(bench.SETTINGS["r18-neon"], "fpn_full", iters=1, warmup=0, batch=1)
+    assert r["train_batch"] == 1
+    assert r["train_images_per_s"] == pytest.approx(1 / r["train_step_s"])
+    assert r["train_peak_rss_MiB"] >= r["built_rss_MiB"] > 100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--settings", "r34-800"], "unknown setting 'r34-800'; valid: r50-800, r18-neon"),
+    (["--models", "fpn_fully"], "unknown model 'fpn_fully'"),
+    (["--repeats", "0"], "--repeats 0 is not valid: must be >= 1"),
+])
+def test_bad_arguments(bench, args, message):
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
+        bench.main(args)
