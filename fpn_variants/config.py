@@ -45,6 +45,11 @@ def add_fpn_variants_config(cfg: CN) -> CN:
     # Number of BiFPN layers of build_fpn_bifpn_backbone (EfficientDet-D0: 3), each with own weights.
     _C.FPN_VARIANTS.PATH_REPEATS = 1
 
+    # Convert the model's 4-D weights to channels_last (NHWC) memory format at build time, so that
+    # oneDNN (CPU) / cuDNN convolutions run in NHWC; the arithmetic is the same convolution, only the
+    # memory layout changes. Measured effect: benchmarks/bench_recipe.py, docs/results/recipe_speed.md.
+    _C.FPN_VARIANTS.CHANNELS_LAST = False
+
     # Training-time augmentation on top of Detectron2's ResizeShortestEdge + horizontal flip
     # (INPUT.MIN_SIZE_TRAIN / INPUT.RANDOM_FLIP). Used by fpn_variants.engine.Trainer.
     _C.FPN_VARIANTS.AUG = CN()

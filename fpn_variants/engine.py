@@ -217,6 +217,14 @@ class Trainer(DefaultTrainer):
         self.checkpointer.add_checkpointable("rng", self._rng_for_hooks)
 
     @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's model; in channels_last memory format when ``FPN_VARIANTS.CHANNELS_LAST``."""
+        model = super().build_model(cfg)
+        if cfg.FPN_VARIANTS.CHANNELS_LAST:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         if is_proposal_only(cfg):

@@ -206,3 +206,43 @@ def test_bifpn_without_weighted_fusion_warns(caplog):
     with caplog.at_level("WARNING"):
         build_backbone(cfg)
     assert "EfficientDet's BiFPN uses 'weighted'" in caplog.text
+
+
+def test_channels_last_changes_the_layout_not_the_detector():
+    """FPN_VARIANTS.CHANNELS_LAST (issue 5's CPU speed-up): every 4-D weight is NHWC, the pyramid's
+    outputs stay NHWC, and the detector's outputs equal the NCHW model's up to float rounding."""
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from fpn_variants.engine import Trainer
+
+    models = {}
+    for cl in (False, True):
+        cfg = small_cfg()
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.FPN_VARIANTS.CHANNELS_LAST = cl
+        torch.manual_seed(0)
+        models[cl] = Trainer.build_model(cfg).eval()
+    convs = [p for p in models[True].parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous(memory_format=torch.channels_last) for p in models[False].parameters() if p.dim() == 4)
+    image = (torch.rand(3, 160, 192, generator=torch.Generator().manual_seed(0)) * 255).round()
+    x = models[True].preprocess_image([{"image": image}]).tensor
+    with torch.no_grad():
+        feats = {cl: m.backbone(x) for cl, m in models.items()}
+    for k in feats[False]:
+        assert feats[True][k].is_contiguous(memory_format=torch.channels_last), k
+        torch.testing.assert_close(feats[True][k], feats[False][k], rtol=1e-4, atol=1e-4)
+    # one training step works in NHWC (RoIAlign, losses, backward) and gives the same losses
+    inst = Instances((160, 192), gt_boxes=Boxes(torch.tensor([[10.0, 20.0, 70.0, 90.0]])),
+                     gt_classes=torch.zeros(1, dtype=torch.int64))
+    losses = {}
+    for cl, m in models.items():
+        m.train()
+        torch.manual_seed(1)
+        with EventStorage(0):
+            out = m([{"image": image, "instances": inst}])
+        sum(out.values()).backward()
+        losses[cl] = {k: v.item() for k, v in out.items()}
+    for k in losses[False]:
+        assert losses[True][k] == pytest.approx(losses[False][k], rel=1e-3, abs=1e-5), k

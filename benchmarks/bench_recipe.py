@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Speed of the NEON CPU recipe under candidate speed-ups, each a real ``train_net`` run on the real data.
+
+Every variant trains the same config (``--configs``, default the Table 3(c) and Table 1(c) NEON
+recipes) for ``--iters`` iterations on ``neon_trees_train`` and then evaluates on ``neon_trees_val``;
+only settings that leave the computation unchanged are varied (memory layout, data-loader workers):
+
+* ``before``: the recipe as configured;
+* ``channels_last``: ``FPN_VARIANTS.CHANNELS_LAST True`` (NHWC convolutions in oneDNN);
+* ``workers0`` / ``workers2``: ``DATALOADER.NUM_WORKERS`` 0 / 2 instead of 1;
+* ``channels_last+workers0`` etc.: any ``+``-joined combination.
+
+Measured from each run's own ``log.txt`` (Detectron2's hooks): training seconds / iteration
+(``IterationTimer``'s "Overall training speed", which leaves out the first iterations) and evaluation
+seconds / image ("Total inference time"). Variants run ``--rounds`` times in round-robin order
+(before, channels_last, ..., before, ...) so that drift of the machine hits all alike; the table
+gives the median over rounds and each variant's ratio to ``before`` (< 1 = faster).
+
+    .venv/bin/python benchmarks/bench_recipe.py [--variants before channels_last workers0]
+        [--configs NEON/faster_rcnn_c_fpn.yaml] [--iters 40] [--rounds 2] [--out docs/results]
+
+Writes ``recipe_speed.csv`` / ``recipe_speed.md`` (atomically) under ``--out``; run folders go to
+``--work`` (default ``output/bench_recipe``; finished runs are reused, so a killed benchmark resumes).
+Errors: an unknown variant part or a missing config exits naming it and the valid ones.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from fpn_variants.results import write_text_atomic  # noqa: E402
+
+PARTS = {
+    "before": (),
+    "channels_last": ("FPN_VARIANTS.CHANNELS_LAST", "True"),
+    "workers0": ("DATALOADER.NUM_WORKERS", "0"),
+    "workers2": ("DATALOADER.NUM_WORKERS", "2"),
+}
+TRAIN_RE = re.compile(r"Overall training speed: (\d+) iterations in \S+ \(([\d.]+) s / it\)")
+EVAL_RE = re.compile(r"Total inference time: \S+ \(([\d.]+) s / iter per device")
+
+
+def variant_opts(variant: str) -> tuple:
+    """Overrides of a ``+``-joined variant name. Raises ``ValueError`` naming an unknown part."""
+    opts = ()
+    for part in variant.split("+"):
+        if part not in PARTS:
+            raise ValueError(f"unknown variant part {part!r} in {variant!r}; valid: {', '.join(PARTS)} (joined by +)")
+        opts += PARTS[part]
+    return opts
+
+
+def parse_log(path: str) -> dict:
+    """``{"train_s_per_it", "eval_s_per_img"}`` from a run's Detectron2 ``log.txt`` (last occurrence);
+    ``None`` where the line is missing."""
+    text = open(path).read() if os.path.isfile(path) else ""
+    train = TRAIN_RE.findall(text)
+    ev = EVAL_RE.findall(text)
+    return dict(train_s_per_it=float(train[-1][1]) if train else None, eval_s_per_img=float(ev[-1]) if ev else None)
+
+
+def run_once(config: str, variant: str, iters: int, run_dir: str) -> dict:
+    """One ``train_net`` run (skipped when ``run_dir`` already holds a finished one)."""
+    done = os.path.join(run_dir, "done")
+    if not os.path.isfile(done):
+        cmd = [sys.executable, "-m", "fpn_variants.train_net", "--config-file", os.path.join(REPO, "configs", config),
+               "OUTPUT_DIR", run_dir, "SOLVER.MAX_ITER", str(iters), "SOLVER.CHECKPOINT_PERIOD", str(10 ** 6),
+               "TEST.EVAL_PERIOD", "0", *variant_opts(variant)]
+        os.makedirs(run_dir, exist_ok=True)
+        if os.path.isfile(os.path.join(run_dir, "log.txt")):
+            os.remove(os.path.join(run_dir, "log.txt"))  # an interrupted attempt: start over
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{config} {variant} failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+        write_text_atomic(done, f"{time.perf_counter() - t:.1f}\n")
+    out = parse_log(os.path.join(run_dir, "log.txt"))
+    out["wall_s"] = float(open(done).read())
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", nargs="+", default=["before", "channels_last", "workers0", "workers2"])
+    p.add_argument("--configs", nargs="+", default=["NEON/faster_rcnn_c_fpn.yaml", "NEON/rpn_c_fpn.yaml"])
+    p.add_argument("--iters", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", default="docs/results")
+    p.add_argument("--work", default="output/bench_recipe")
+    a = p.parse_args(argv)
+    if "before" not in a.variants:
+        a.variants = ["before"] + a.variants
+    try:
+        for v in a.variants:
+            variant_opts(v)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    for c in a.configs:
+        if not os.path.isfile(os.path.join(REPO, "configs", c)):
+            raise SystemExit(f"config {c!r} not found under configs/")
+    if a.iters < 10 or a.rounds < 1:
+        raise SystemExit(f"--iters {a.iters} must be >= 10 (Detectron2's timer skips the first iterations) "
+                         f"and --rounds {a.rounds} >= 1")
+    runs = []
+    for r in range(a.rounds):
+        for c in a.configs:
+            for v in a.variants:
+                run_dir = os.path.join(a.work, c.replace("/", "_").replace(".yaml", ""), v, f"round{r}")
+                res = run_once(c, v, a.iters, run_dir)
+                runs.append(dict(config=c, variant=v, round=r, **res))
+                print(f"[bench_recipe] {c} {v} round {r}: {res}", file=sys.stderr)
+    rows = []
+    for c in a.configs:
+        base = None
+        for v in a.variants:
+            mine = [x for x in runs if x["config"] == c and x["variant"] == v]
+            row = dict(config=c, variant=v, rounds=len(mine))
+            for k in ("train_s_per_it", "eval_s_per_img", "wall_s"):
+                vals = [x[k] for x in mine if x[k] is not None]
+                row[k] = statistics.median(vals) if vals else None
+                row[k + "_all"] = " ".join(f"{x:.4f}" for x in vals)
+            base = base or row
+            for k in ("train_s_per_it", "eval_s_per_img", "wall_s"):
+                row[k + "_ratio"] = row[k] / base[k] if row[k] and base[k] else None
+            rows.append(row)
+    os.makedirs(a.out, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(os.path.join(a.out, "recipe_speed.csv"), buf.getvalue())
+    cmd = ".venv/bin/python benchmarks/bench_recipe.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    L = ["# NEON CPU recipe: speed-ups that leave the computation unchanged", "",
+         f"Command: `{cmd.strip()}`; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs. Each variant: {a.iters} "
+         f"training iterations of the config on neon_trees_train + evaluation on neon_trees_val, {a.rounds} "
+         "round(s) in round-robin order; median over rounds (all rounds in brackets); ratio to `before` "
+         "(< 1 is faster). Training s / it: Detectron2's IterationTimer (first iterations left out); eval s / img: "
+         "Detectron2's inference_on_dataset; wall: the whole train_net process.", ""]
+    for c in a.configs:
+        L += [f"## {c}", "", "| variant | train s / it | ratio | eval s / img | ratio | wall s | ratio |",
+              "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["config"] == c:
+                def f(k, d):
+                    return "—" if r[k] is None else f"{r[k]:.{d}f}"
+                L.append(f"| {r['variant']} | {f('train_s_per_it', 3)} [{r['train_s_per_it_all']}] | "
+                         f"{f('train_s_per_it_ratio', 3)} | {f('eval_s_per_img', 4)} | {f('eval_s_per_img_ratio', 3)} | "
+                         f"{f('wall_s', 0)} | {f('wall_s_ratio', 3)} |")
+        L.append("")
+    write_text_atomic(os.path.join(a.out, "recipe_speed.md"), "\n".join(L))
+    print("\n".join(L))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
