@@ -15,6 +15,8 @@ Writes, each atomically:
 * ``report.md`` — the paper's table with ``mean ± std`` beside the paper's number in each cell and
   each row's cost (parameters, GFLOPs: :func:`row_costs`, cached in ``costs.json``), the
   ranking of rows by the suite's headline metric against the paper's, failed runs with their error;
+* ``report.md`` also carries ``discussion.md`` of the sweep folder, if there is one (a person's
+  reading of the results: why the ordering does or does not match the paper's);
 * ``<suite>.png`` — the headline metric per row (mean, error bar = std over seeds, x = each seed),
   with the paper's value where it has one.
 
@@ -40,6 +42,8 @@ from .suites import Suite
 __all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "row_costs", "write_report", "cli"]
 
 LATENCY_WARMUP, LATENCY_REPEATS = 2, 10
+# A hand-written analysis placed in the sweep folder; report.md carries it under "Discussion".
+DISCUSSION_FILE = "discussion.md"
 
 AR_NOTE = (
     "Proposal AR (fpn_variants.evaluation.ProposalRecallEvaluator) is averaged over IoU 0.50:0.05:0.95 and "
@@ -296,7 +300,7 @@ def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[in
 
 
 def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: List[dict] = (),
-              costs: Optional[Dict[str, dict]] = None) -> str:
+              costs: Optional[Dict[str, dict]] = None, discussion: str = "") -> str:
     suite: Suite = collected["suite"]
     names = [m.name for m in suite.metrics]
     L = [f"# {suite.name}: {suite.title}", ""]
@@ -310,8 +314,9 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
     L.append("")
     costs = costs or {}
     img = next((c["image"] for c in costs.values() if "image" in c), "")
-    L.append("| row | " + " | ".join(names) + f" | params (M) | GFLOPs ({img}) | latency (s) | seeds done | min / run |")
-    L.append("|---|" + "---|" * (len(names) + 5))
+    cost_head = f" params (M) | GFLOPs ({img}) | latency (s) |" if costs else ""
+    L.append("| row | " + " | ".join(names) + f" |{cost_head} seeds done | min / run |")
+    L.append("|---|" + "---|" * (len(names) + 2 + 3 * bool(costs)))
     for r in rows:
         cells = []
         for n in names:
@@ -325,7 +330,8 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
         cost = " | ".join([f"{c['params_m']:.2f}" if "params_m" in c else "—",
                            f"{c['gflops']:.2f}" if c.get("gflops") is not None else "—",
                            f"{c['latency_s']:.3f}" if c.get("latency_s") is not None else "—"])
-        L.append(f"| {r['label']} | " + " | ".join(cells) + f" | {cost} | {note} | {mins} |")
+        cost = f" {cost} |" if costs else ""
+        L.append(f"| {r['label']} | " + " | ".join(cells) + f" |{cost} {note} | {mins} |")
     L.append("")
     if costs:
         threads = next((c["threads"] for c in costs.values() if "threads" in c), "?")
@@ -333,7 +339,8 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
                  f"{LATENCY_REPEATS} calls after {LATENCY_WARMUP} warm-up, batch 1, {threads} torch threads, measured "
                  f"when the costs were first computed) of the whole model on one {img} image, random init (the RoI "
                  "head runs on every proposal kept by the RPN, trained or not); "
-                 "min / run: wall time of a run on the sweep's machine, including evaluation. "
+                 "min / run: wall time of a run's last attempt on the sweep's machine, including evaluation "
+                 "(a resumed run counts only the time after resuming). "
                  "benchmarks/benchmark.py measures these against Detectron2's FPN in one run.")
         L.append("")
     h = suite.headline
@@ -350,6 +357,8 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
             res = {True: "**yes**", False: "no (within seed spread)", None: "— (needs ≥ 2 seeds of both)"}[c["resolved"]]
             L.append(f"| {c['label']} | {c['claim']} | {_fmt(c['mean'], c['std'])} | {diff} | {res} |")
         L.append("")
+    if discussion:
+        L += ["## Discussion", "", discussion.strip(), ""]
     L.append(f"## Ranking by {h}")
     L.append("")
     if rank["ours"]:
@@ -413,7 +422,11 @@ def write_report(sweep_dir: str, with_costs: bool = True) -> Dict[str, str]:
         rows=[{k: v for k, v in r.items() if k != "per_seed"} for r in rows], ranking=rank, versus_baseline=claims,
     ))
     _plot(paths["png"], suite, rows, {r["row"]: r["per_seed"] for r in rows})
-    write_text_atomic(paths["report.md"], _markdown(col, rows, rank, paths["png"], claims, costs))
+    discussion = ""
+    if os.path.isfile(os.path.join(sweep_dir, DISCUSSION_FILE)):
+        with open(os.path.join(sweep_dir, DISCUSSION_FILE)) as f:
+            discussion = f.read()
+    write_text_atomic(paths["report.md"], _markdown(col, rows, rank, paths["png"], claims, costs, discussion))
     return paths
 
 

@@ -101,6 +101,13 @@ def test_local_executor_two_rows_two_seeds(tmp_path):
     # other overrides must not be averaged into the same folder
     with pytest.raises(ValueError, match="Use another --output"):
         run_sweep(suite, seeds=2, output=out, opts=TINY + ("SOLVER.BASE_LR", "0.01"))
+    # a person's discussion placed in the folder is carried into report.md; no cost columns when asked
+    with open(os.path.join(out, "discussion.md"), "w") as f:
+        f.write("Bottom-up matches FPN here because trees need little semantics.\n")
+    write_report(out, with_costs=False)
+    md = open(os.path.join(out, "report.md")).read()
+    assert "## Discussion\n\nBottom-up matches FPN here because trees need little semantics.\n" in md
+    assert "GFLOPs" not in md and "| AR1k_l | seeds done | min / run |" in md
 
 
 def test_submitit_local_executor(tmp_path):
