@@ -107,7 +107,7 @@ def test_local_executor_two_rows_two_seeds(tmp_path):
     write_report(out, with_costs=False)
     md = open(os.path.join(out, "report.md")).read()
     assert "## Discussion\n\nBottom-up matches FPN here because trees need little semantics.\n" in md
-    assert "GFLOPs" not in md and "| AR1k_l | seeds done | min / run |" in md
+    assert "GFLOPs" not in md and "| AR100 | AR1k | seeds done | min / run |" in md
 
 
 def test_submitit_local_executor(tmp_path):
