@@ -212,6 +212,12 @@ def _make_executor(kind: str, output: str, jobs: int, slurm: dict):
     return ex
 
 
+def _reproduce_command(argv: Sequence[str]) -> str:
+    """The sweep's command line as the report's "Reproduce" shows it: flags that change no result
+    (``--no-report``, ``--dry-run``) left out, so a re-run with them is not listed as another command."""
+    return shlex.join(["python", "-m", "fpn_variants.sweep", *(a for a in argv if a not in ("--no-report", "--dry-run"))])
+
+
 def _check_manifest(output: str, suite: Suite, opts: Sequence[str], seeds: Sequence[int],
                     command: Optional[str]) -> List[int]:
     """Write ``sweep.json``; refuse to mix different overrides into one folder. Returns all seeds."""
@@ -499,7 +505,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         slurm = dict(partition=a.partition, timeout_min=a.timeout_min, cpus_per_run=a.cpus_per_run, mem_gb=a.mem_gb)
         records = run_sweep(suite, a.seeds, a.executor, a.output, a.opts, a.jobs, a.threads, a.num_gpus, slurm,
                             report=not a.no_report, keep_checkpoints=a.keep_checkpoints,
-                            command=shlex.join(["python", "-m", "fpn_variants.sweep", *(argv if argv is not None else sys.argv[1:])]))
+                            command=_reproduce_command(argv if argv is not None else sys.argv[1:]))
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
         p.error(str(e.args[0]) if isinstance(e, KeyError) else str(e))
     failed = [r for r in records if not r or r.get("status") != "done"]
