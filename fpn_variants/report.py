@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .results import final_metrics, write_json_atomic, write_text_atomic
+from .results import final_metrics, train_seconds_per_iter, write_json_atomic, write_text_atomic
 from .suites import Suite
 
 __all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "row_costs", "write_report", "cli"]
@@ -64,7 +64,8 @@ def _sweep_manifest(sweep_dir: str) -> dict:
 
 def collect(sweep_dir: str) -> dict:
     """Every run of the sweep in ``sweep_dir``: ``{"suite": Suite, "seeds", "opts", "runs": [...]}``,
-    each run ``{row, seed, status ("done" | "failed" | "running or not started"), seconds, error,
+    each run ``{row, seed, status ("done" | "failed" | "running or not started"), seconds (wall time of
+    the last attempt), s_per_it (:func:`~fpn_variants.results.train_seconds_per_iter`), error,
     metrics: {metric name: value}}`` with metrics read from the run's ``metrics.json``."""
     man = _sweep_manifest(sweep_dir)
     suite = Suite.from_dict(man["suite"])
@@ -81,6 +82,7 @@ def collect(sweep_dir: str) -> dict:
             vals = final_metrics(run_dir, [m.key for m in suite.metrics])
             runs.append(dict(
                 row=row.key, seed=seed, status=rec.get("status", "not finished"), seconds=rec.get("seconds"),
+                s_per_it=train_seconds_per_iter(run_dir),
                 error=rec.get("error"), metrics={m.name: vals[m.key] for m in suite.metrics if m.key in vals},
             ))
     return dict(suite=suite, seeds=man["seeds"], opts=man.get("opts", []), commands=man.get("commands", []), runs=runs)
@@ -182,9 +184,11 @@ def summarize(collected: dict) -> List[dict]:
             mu, sd, _ = _mean_std([r["metrics"].get(m.name) for r in done])
             mean[m.name], std[m.name] = mu, sd
         secs = [r["seconds"] for r in done if r.get("seconds")]
+        speeds = [r["s_per_it"] for r in done if r.get("s_per_it")]
         out.append(dict(
             row=row.key, label=row.label, n_done=len(done), n_failed=sum(r["status"] == "failed" for r in runs),
             mean=mean, std=std, paper=dict(row.paper), seconds=sum(secs) / len(secs) if secs else None,
+            s_per_it=sum(speeds) / len(speeds) if speeds else None,
             per_seed={r["seed"]: r["metrics"].get(suite.headline) for r in done},
         ))
     return out
@@ -258,11 +262,12 @@ def _csv(collected: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     names = [m.name for m in suite.metrics]
-    w.writerow(["suite", "row", "label", "seed", "status", "seconds", *names, "error"])
+    w.writerow(["suite", "row", "label", "seed", "status", "seconds", "train_s_per_it", *names, "error"])
     labels = {r.key: r.label for r in suite.rows}
     for r in collected["runs"]:
         vals = [("" if r["metrics"].get(n) is None else repr(r["metrics"][n])) for n in names]
-        w.writerow([suite.name, r["row"], labels[r["row"]], r["seed"], r["status"], r.get("seconds") or "", *vals,
+        w.writerow([suite.name, r["row"], labels[r["row"]], r["seed"], r["status"], r.get("seconds") or "",
+                    "" if r.get("s_per_it") is None else round(r["s_per_it"], 4), *vals,
                     r.get("error") or ""])
     return buf.getvalue()
 
@@ -315,7 +320,7 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
     costs = costs or {}
     img = next((c["image"] for c in costs.values() if "image" in c), "")
     cost_head = f" params (M) | GFLOPs ({img}) | latency (s) |" if costs else ""
-    L.append("| row | " + " | ".join(names) + f" |{cost_head} seeds done | min / run |")
+    L.append("| row | " + " | ".join(names) + f" |{cost_head} seeds done | train s / it |")
     L.append("|---|" + "---|" * (len(names) + 2 + 3 * bool(costs)))
     for r in rows:
         cells = []
@@ -325,7 +330,7 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
                 c += f" ({r['paper'][n]:.1f})"
             cells.append(c)
         note = f"{r['n_done']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
-        mins = f"{r['seconds'] / 60:.1f}" if r["seconds"] else "—"
+        mins = f"{r['s_per_it']:.2f}" if r.get("s_per_it") else "—"
         c = costs.get(r["row"], {})
         cost = " | ".join([f"{c['params_m']:.2f}" if "params_m" in c else "—",
                            f"{c['gflops']:.2f}" if c.get("gflops") is not None else "—",
@@ -333,16 +338,19 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
         cost = f" {cost} |" if costs else ""
         L.append(f"| {r['label']} | " + " | ".join(cells) + f" |{cost} {note} | {mins} |")
     L.append("")
+    speed = ("train s / it: median of Detectron2's logged iteration times over the run's attempts (so a resumed "
+             "run keeps its training speed), mean over seeds, on the sweep's machine with its --jobs runs side by "
+             "side; wall seconds of each run's last attempt are in results.csv.")
     if costs:
         threads = next((c["threads"] for c in costs.values() if "threads" in c), "?")
         L.append("Costs: parameters, inference GFLOPs (fvcore, one multiply-add = 1 flop) and CPU latency (median of "
                  f"{LATENCY_REPEATS} calls after {LATENCY_WARMUP} warm-up, batch 1, {threads} torch threads, measured "
                  f"when the costs were first computed) of the whole model on one {img} image, random init (the RoI "
                  "head runs on every proposal kept by the RPN, trained or not); "
-                 "min / run: wall time of a run's last attempt on the sweep's machine, including evaluation "
-                 "(a resumed run counts only the time after resuming). "
-                 "benchmarks/benchmark.py measures these against Detectron2's FPN in one run.")
-        L.append("")
+                 "benchmarks/benchmark.py measures these against Detectron2's FPN in one run. " + speed)
+    else:
+        L.append(speed)
+    L.append("")
     h = suite.headline
     L.append(f"![{h} per row]({os.path.basename(png)})")
     L.append("")

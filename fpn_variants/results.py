@@ -19,7 +19,7 @@ import os
 import tempfile
 from typing import Dict, Iterable, Optional, Tuple
 
-__all__ = ["read_metrics", "final_metrics", "last_iteration", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["read_metrics", "final_metrics", "train_seconds_per_iter", "last_iteration", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def read_metrics(path: str) -> Tuple[Dict[int, Dict[str, float]], int]:
@@ -71,6 +71,22 @@ def final_metrics(run_dir: str, keys: Iterable[str]) -> Dict[str, float]:
     return out
 
 
+def train_seconds_per_iter(run_dir: str) -> Optional[float]:
+    """Median training time per iteration (seconds) of the run in ``run_dir``: the median of the
+    ``time`` values Detectron2 logged in ``metrics.json`` (each itself a median over its last 20
+    iterations), over every attempt of the run, so a resumed or re-evaluated run keeps the speed of
+    its training. ``None`` without ``metrics.json`` or ``time`` values."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    merged, _ = read_metrics(path)
+    times = sorted(d["time"] for d in merged.values() if isinstance(d.get("time"), (int, float)))
+    if not times:
+        return None
+    n = len(times)
+    return times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+
+
 def last_iteration(run_dir: str) -> Optional[int]:
     """The highest iteration logged in ``run_dir/metrics.json`` (``None`` if nothing yet)."""
     path = os.path.join(run_dir, "metrics.json")
@@ -81,6 +97,18 @@ def last_iteration(run_dir: str) -> Optional[int]:
     except OSError:
         return None
     return max(merged) if merged else None
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -94,6 +122,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

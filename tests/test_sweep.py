@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 from fpn_variants.report import ranking_agreement, write_report
-from fpn_variants.results import final_metrics, read_metrics
+from fpn_variants.results import final_metrics, read_metrics, train_seconds_per_iter
 from fpn_variants.suites import SUITES, Metric, Row, Suite, config_root, get_suite
 from fpn_variants.sweep import plan_runs, run_status, run_sweep
 
@@ -107,7 +107,7 @@ def test_local_executor_two_rows_two_seeds(tmp_path):
     write_report(out, with_costs=False)
     md = open(os.path.join(out, "report.md")).read()
     assert "## Discussion\n\nBottom-up matches FPN here because trees need little semantics.\n" in md
-    assert "GFLOPs" not in md and "| AR100 | AR1k | seeds done | min / run |" in md
+    assert "GFLOPs" not in md and "| AR100 | AR1k | seeds done | train s / it |" in md
 
 
 def test_submitit_local_executor(tmp_path):
@@ -193,6 +193,20 @@ def test_metrics_json_read_robustly(tmp_path):
     assert fm["bbox/AP"] == 12.5 and fm["total_loss"] == 0.4 and fm["bbox/APl"] != fm["bbox/APl"]
     assert "bbox/APs" not in fm
     assert final_metrics(str(tmp_path / "nowhere"), ["bbox/AP"]) == {}
+
+
+def test_training_speed_survives_resume_and_re_evaluation(tmp_path):
+    """train s / it of the report: the median of the logged iteration times over all attempts, so an
+    attempt that only re-evaluates (no training lines) does not change it."""
+    d = tmp_path / "run"
+    d.mkdir()
+    lines = [{"iteration": 19, "time": 2.0}, {"iteration": 39, "time": 4.0}, {"iteration": 59, "time": 3.0},
+             {"iteration": 59, "box_proposals/AR@1000": 40.0},
+             {"iteration": 39, "time": 5.0},  # a resumed attempt re-logs iteration 39: the later value counts
+             {"iteration": 60, "box_proposals/AR@1000": 41.0}]  # a re-evaluation-only attempt
+    (d / "metrics.json").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    assert train_seconds_per_iter(str(d)) == 3.0  # median of 2.0, 5.0, 3.0
+    assert train_seconds_per_iter(str(tmp_path / "nowhere")) is None
 
 
 def test_ranking_agreement_marks_swaps_within_seed_spread():
@@ -284,3 +298,14 @@ def test_claims_against_the_baseline_are_resolved_only_beyond_the_seed_spread():
     assert "fpn" not in got and len(got) == len(suite.rows) - 1
     assert got["panet"]["diff"] == pytest.approx(1.0) and got["panet"]["spread"] == pytest.approx(0.5) and got["panet"]["resolved"]
     assert got["relu"]["resolved"] is False and got["gn"]["resolved"] is None and got["bifpn"]["diff"] is None
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    from fpn_variants.results import write_text_atomic
+
+    plain, atomic = tmp_path / "plain.txt", tmp_path / "atomic.txt"
+    plain.write_text("x")
+    write_text_atomic(str(atomic), "x")
+    assert atomic.read_text() == "x"
+    assert (atomic.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
