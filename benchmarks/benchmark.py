@@ -370,7 +370,9 @@ def markdown(rows: List[dict], meta: dict) -> str:
         "",
         f"Command: `{meta['command']}`; {meta['date']}, torch {meta['torch']}, {meta['threads']} threads, "
         f"{meta['cpu']}. Measured fp32 matmul peak: {meta['matmul_peak_GFLOP_per_s']:.1f} GFLOP/s "
-        "(multiply-add = 1 flop, as fvcore). Randomly initialised Faster R-CNN, batch 1 for inference; "
+        "(multiply-add = 1 flop, as fvcore). Randomly initialised Faster R-CNN (batch-norm statistics set from "
+        "one image, so activations stay finite; the RPN then passes MODEL.RPN.POST_NMS_TOPK_TEST proposals to "
+        "the RoI head, an upper bound for a trained detector), batch 1 for inference; "
         "latency = median of the timed calls, models interleaved; training = median SGD step on a fixed "
         "synthetic batch, each model in a fresh process (peak RSS = that process's). Ratios are to "
         "Detectron2's `build_resnet_fpn_backbone` in the same run (\"/ D2\").",
