@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -33,6 +32,8 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils import comm
 from pycocotools.coco import COCO
+
+from .results import write_json_atomic
 
 __all__ = ["AREA_RANGES", "ProposalRecallEvaluator", "greedy_match_ious", "average_recall"]
 
@@ -147,10 +148,6 @@ class ProposalRecallEvaluator(DatasetEvaluator):
             ", ".join(f"{k} {v:.1f}" for k, v in results.items()),
         )
         if self._output_dir:
-            os.makedirs(self._output_dir, exist_ok=True)
-            path = os.path.join(self._output_dir, "box_proposals_recall.json")
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"results": results, "num_images": len(img_ids), **counts}, f, indent=1)
-            os.replace(tmp, path)
+            write_json_atomic(os.path.join(self._output_dir, "box_proposals_recall.json"),
+                              {"results": results, "num_images": len(img_ids), **counts})
         return {"box_proposals": dict(results)}

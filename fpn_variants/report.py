@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .results import final_metrics, train_seconds_per_iter, write_json_atomic, write_text_atomic
+from .results import final_metrics, train_seconds_per_iter, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .suites import Suite
 
 __all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "row_costs", "write_report", "cli"]
@@ -298,10 +298,10 @@ def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[in
     ax.set_title(f"{suite.name}: {suite.title}", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: List[dict] = (),

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .results import write_bytes_atomic
+
 __all__ = ["draw_detections", "main"]
 
 
@@ -61,11 +63,10 @@ def draw_detections(cfg, weights: str, dataset: str, num_images: int, score_thre
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     grid = np.concatenate(rows, axis=0)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = output + ".tmp.png"
-    if not cv2.imwrite(tmp, grid[:, :, ::-1]):
-        raise OSError(f"could not write {output}")
-    os.replace(tmp, output)
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(grid[:, :, ::-1]))
+    if not ok:
+        raise OSError(f"could not encode {output}")
+    write_bytes_atomic(output, png.tobytes())
     return output
 
 
