@@ -8,6 +8,11 @@ only settings that leave the computation unchanged are varied (memory layout, da
 * ``before``: the recipe as configured;
 * ``channels_last``: ``FPN_VARIANTS.CHANNELS_LAST True`` (NHWC convolutions in oneDNN);
 * ``workers0`` / ``workers2``: ``DATALOADER.NUM_WORKERS`` 0 / 2 instead of 1;
+* ``jemalloc`` / ``tcmalloc``: that allocator preloaded (``LD_PRELOAD``) instead of glibc's malloc,
+  jemalloc with the ``MALLOC_CONF`` of PyTorch's CPU performance-tuning guide (Debian packages
+  ``libjemalloc2`` / ``libtcmalloc-minimal4``);
+* ``iomp``: Intel's OpenMP runtime (PyPI ``intel-openmp``, ``libiomp5.so``) preloaded in place of
+  GNU's, with ``KMP_BLOCKTIME=1``;
 * ``channels_last+workers0`` etc.: any ``+``-joined combination.
 
 Measured from each run's own ``log.txt`` (Detectron2's hooks): training seconds / iteration
@@ -21,12 +26,15 @@ gives the median over rounds and each variant's ratio to ``before`` (< 1 = faste
 
 Writes ``recipe_speed.csv`` / ``recipe_speed.md`` (atomically) under ``--out``; run folders go to
 ``--work`` (default ``output/bench_recipe``; finished runs are reused, so a killed benchmark resumes).
-Errors: an unknown variant part or a missing config exits naming it and the valid ones.
+Errors: an unknown variant part, a preload library that is not installed or a missing config exits
+naming it and what is valid.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import ctypes.util as ctypes_util
+import glob
 import io
 import os
 import re
@@ -41,12 +49,45 @@ if REPO not in sys.path:
 
 from fpn_variants.results import write_text_atomic  # noqa: E402
 
-PARTS = {
+PARTS = {  # config overrides
     "before": (),
     "channels_last": ("FPN_VARIANTS.CHANNELS_LAST", "True"),
     "workers0": ("DATALOADER.NUM_WORKERS", "0"),
     "workers2": ("DATALOADER.NUM_WORKERS", "2"),
 }
+# environment of the train_net process: (library to preload, other variables)
+JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+ENV_PARTS = {
+    "jemalloc": ("jemalloc", {"MALLOC_CONF": JEMALLOC_CONF}),
+    "tcmalloc": ("tcmalloc_minimal", {}),
+    "iomp": ("iomp5", {"KMP_BLOCKTIME": "1"}),
+}
+
+
+def find_library(name: str) -> str:
+    """Path of ``lib<name>.so*`` in the venv's ``lib`` (where pip puts ``intel-openmp``) or the
+    system's library path. Raises ``FileNotFoundError`` naming the package that provides it."""
+    hits = sorted(glob.glob(os.path.join(sys.prefix, "lib", f"lib{name}.so*")))
+    if hits:
+        return os.path.realpath(hits[0])
+    found = ctypes_util.find_library(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"lib{name}.so not found; install it (jemalloc: apt-get install libjemalloc2; "
+                            "tcmalloc_minimal: apt-get install libtcmalloc-minimal4; iomp5: pip install intel-openmp)")
+
+
+def variant_env(variant: str) -> dict:
+    """Environment variables a ``+``-joined variant adds (``LD_PRELOAD`` joined with ``:``)."""
+    env, preload = {}, []
+    for part in variant.split("+"):
+        if part in ENV_PARTS:
+            lib, extra = ENV_PARTS[part]
+            preload.append(find_library(lib))
+            env.update(extra)
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload + [p for p in [os.environ.get("LD_PRELOAD")] if p])
+    return env
 TRAIN_RE = re.compile(r"Overall training speed: (\d+) iterations in \S+ \(([\d.]+) s / it\)")
 EVAL_RE = re.compile(r"Total inference time: \S+ \(([\d.]+) s / iter per device")
 
@@ -55,9 +96,10 @@ def variant_opts(variant: str) -> tuple:
     """Overrides of a ``+``-joined variant name. Raises ``ValueError`` naming an unknown part."""
     opts = ()
     for part in variant.split("+"):
-        if part not in PARTS:
-            raise ValueError(f"unknown variant part {part!r} in {variant!r}; valid: {', '.join(PARTS)} (joined by +)")
-        opts += PARTS[part]
+        if part not in PARTS and part not in ENV_PARTS:
+            raise ValueError(f"unknown variant part {part!r} in {variant!r}; valid: "
+                             f"{', '.join(list(PARTS) + list(ENV_PARTS))} (joined by +)")
+        opts += PARTS.get(part, ())
     return opts
 
 
@@ -81,7 +123,7 @@ def run_once(config: str, variant: str, iters: int, run_dir: str) -> dict:
         if os.path.isfile(os.path.join(run_dir, "log.txt")):
             os.remove(os.path.join(run_dir, "log.txt"))  # an interrupted attempt: start over
         t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **variant_env(variant)})
         if proc.returncode != 0:
             raise RuntimeError(f"{config} {variant} failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
         write_text_atomic(done, f"{time.perf_counter() - t:.1f}\n")
@@ -104,7 +146,8 @@ def main(argv=None):
     try:
         for v in a.variants:
             variant_opts(v)
-    except ValueError as e:
+            variant_env(v)
+    except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e))
     for c in a.configs:
         if not os.path.isfile(os.path.join(REPO, "configs", c)):

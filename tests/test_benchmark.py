@@ -68,3 +68,40 @@ def test_training_worker_measures_throughput_and_memory(bench):
 def test_bad_arguments(bench, args, message):
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
         bench.main(args)
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("fpn_bench_recipe", os.path.join(ROOT, "benchmarks", "bench_recipe.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recipe_variants_map_to_config_overrides_and_preloads(recipe, tmp_path, monkeypatch):
+    """A variant is config overrides plus an environment; a preload library is looked up in the venv's
+    lib first (where pip's intel-openmp puts libiomp5.so) and joins an existing LD_PRELOAD."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "libiomp5.so").write_bytes(b"")
+    monkeypatch.setattr(recipe.sys, "prefix", str(tmp_path))
+    monkeypatch.setenv("LD_PRELOAD", "/opt/other.so")
+    assert recipe.variant_opts("channels_last+workers0+iomp") == (
+        "FPN_VARIANTS.CHANNELS_LAST", "True", "DATALOADER.NUM_WORKERS", "0")
+    env = recipe.variant_env("channels_last+iomp")
+    assert env == {"KMP_BLOCKTIME": "1", "LD_PRELOAD": f"{lib / 'libiomp5.so'}:/opt/other.so"}
+    assert recipe.variant_env("before") == {} and recipe.variant_opts("before") == ()
+    with pytest.raises(ValueError, match=r"unknown variant part 'mimalloc' in 'iomp\+mimalloc'; valid: .*jemalloc"):
+        recipe.variant_opts("iomp+mimalloc")
+    monkeypatch.setattr(recipe.ctypes_util, "find_library", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="libjemalloc.so not found; install it .*apt-get install libjemalloc2"):
+        recipe.variant_env("jemalloc")
+
+
+def test_recipe_log_parsing_reads_detectron2_timer_lines(recipe, tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text(
+        "[11/22 06:00:00 d2.engine.hooks]: Overall training speed: 27 iterations in 0:01:09 (2.5600 s / it)\n"
+        "[11/22 06:01:00 d2.evaluation.evaluator]: Total inference time: 0:00:06.9 (0.164800 s / iter per device, on 1 devices)\n")
+    assert recipe.parse_log(str(log)) == dict(train_s_per_it=2.56, eval_s_per_img=0.1648)
+    assert recipe.parse_log(str(tmp_path / "missing.txt")) == dict(train_s_per_it=None, eval_s_per_img=None)
