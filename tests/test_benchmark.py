@@ -11,13 +11,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("fpn_benchmark", os.path.join(ROOT, "benchmarks", "benchmark.py"))
+def _load(name, filename):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", filename))
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up while it executes
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("fpn_benchmark", "benchmark.py")
 
 
 def test_every_preset_and_both_baselines_are_benchmarked(bench):
@@ -72,10 +76,7 @@ def test_bad_arguments(bench, args, message):
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("fpn_bench_recipe", os.path.join(ROOT, "benchmarks", "bench_recipe.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load("fpn_bench_recipe", "bench_recipe.py")
 
 
 def test_recipe_variants_map_to_config_overrides_and_preloads(recipe, tmp_path, monkeypatch):
