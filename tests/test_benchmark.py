@@ -106,3 +106,29 @@ def test_recipe_log_parsing_reads_detectron2_timer_lines(recipe, tmp_path):
         "[11/22 06:01:00 d2.evaluation.evaluator]: Total inference time: 0:00:06.9 (0.164800 s / iter per device, on 1 devices)\n")
     assert recipe.parse_log(str(log)) == dict(train_s_per_it=2.56, eval_s_per_img=0.1648)
     assert recipe.parse_log(str(tmp_path / "missing.txt")) == dict(train_s_per_it=None, eval_s_per_img=None)
+
+
+def test_recipe_profile_groups_a_real_training_step(tmp_path):
+    """One profiled SGD step of the NEON FPN recipe (tiny batch): the families partition the
+    operators' self time, and convolutions are where it goes."""
+    prof = _load("fpn_profile_recipe", "profile_recipe.py")
+    assert prof.main(["--steps", "1", "--warmup", "0", "--out", str(tmp_path),
+                      "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(128,)"]) == 0
+    text = (tmp_path / "recipe_profile.md").read_text()
+    fams = {}
+    for line in text.split("Top ")[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[2].endswith("%"):
+            fams[cells[0]] = float(cells[2].rstrip(" %"))
+    assert {"convolution forward", "convolution backward", "RoIAlign (forward + backward)", "NMS"} <= set(fams)
+    assert abs(sum(fams.values()) - 100) < 0.5
+    assert fams["convolution forward"] + fams["convolution backward"] > 30
+    assert prof.family("torchvision::_roi_align_backward") == "RoIAlign (forward + backward)"
+
+
+def test_recipe_profile_bad_arguments():
+    prof = _load("fpn_profile_recipe", "profile_recipe.py")
+    with pytest.raises(SystemExit, match="config 'NEON/nope.yaml' not found under configs/"):
+        prof.main(["--config", "NEON/nope.yaml"])
+    with pytest.raises(SystemExit, match="--steps 0 must be >= 1"):
+        prof.main(["--steps", "0"])
