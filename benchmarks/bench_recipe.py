@@ -13,6 +13,8 @@ only settings that leave the computation unchanged are varied (memory layout, da
   ``libjemalloc2`` / ``libtcmalloc-minimal4``);
 * ``iomp``: Intel's OpenMP runtime (PyPI ``intel-openmp``, ``libiomp5.so``) preloaded in place of
   GNU's, with ``KMP_BLOCKTIME=1``;
+* ``jobs2``: two runs at once with one thread each, as ``fpn_variants.sweep --jobs 2`` runs a sweep
+  (times are then machine time: per-run time / 2);
 * ``channels_last+workers0`` etc.: any ``+``-joined combination.
 
 Measured from each run's own ``log.txt`` (Detectron2's hooks): training seconds / iteration
@@ -54,6 +56,7 @@ PARTS = {  # config overrides
     "channels_last": ("FPN_VARIANTS.CHANNELS_LAST", "True"),
     "workers0": ("DATALOADER.NUM_WORKERS", "0"),
     "workers2": ("DATALOADER.NUM_WORKERS", "2"),
+    "jobs2": (),  # see variant_jobs
 }
 # environment of the train_net process: (library to preload, other variables)
 JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
@@ -112,23 +115,45 @@ def parse_log(path: str) -> dict:
     return dict(train_s_per_it=float(train[-1][1]) if train else None, eval_s_per_img=float(ev[-1]) if ev else None)
 
 
+def variant_jobs(variant: str) -> int:
+    """Runs in flight at once: 2 for a variant with ``jobs2``, else 1."""
+    return 2 if "jobs2" in variant.split("+") else 1
+
+
 def run_once(config: str, variant: str, iters: int, run_dir: str) -> dict:
-    """One ``train_net`` run (skipped when ``run_dir`` already holds a finished one)."""
+    """One measurement (skipped when ``run_dir`` already holds a finished one): ``train_net`` runs,
+    ``variant_jobs(variant)`` of them at once with ``cpu_count / jobs`` threads each, as
+    ``fpn_variants.sweep --jobs`` runs them. Times are per run divided by the runs in flight, i.e.
+    machine seconds per iteration / image / run: what the throughput of a sweep sees."""
     done = os.path.join(run_dir, "done")
+    jobs = variant_jobs(variant)
+    dirs = [run_dir] if jobs == 1 else [os.path.join(run_dir, f"job{k}") for k in range(jobs)]
     if not os.path.isfile(done):
-        cmd = [sys.executable, "-m", "fpn_variants.train_net", "--config-file", os.path.join(REPO, "configs", config),
-               "OUTPUT_DIR", run_dir, "SOLVER.MAX_ITER", str(iters), "SOLVER.CHECKPOINT_PERIOD", str(10 ** 6),
-               "TEST.EVAL_PERIOD", "0", *variant_opts(variant)]
-        os.makedirs(run_dir, exist_ok=True)
-        if os.path.isfile(os.path.join(run_dir, "log.txt")):
-            os.remove(os.path.join(run_dir, "log.txt"))  # an interrupted attempt: start over
+        env = {**os.environ, **variant_env(variant)}
+        if jobs > 1:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        procs = []
         t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **variant_env(variant)})
-        if proc.returncode != 0:
-            raise RuntimeError(f"{config} {variant} failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+        for d in dirs:
+            cmd = [sys.executable, "-m", "fpn_variants.train_net", "--config-file", os.path.join(REPO, "configs", config),
+                   "OUTPUT_DIR", d, "SOLVER.MAX_ITER", str(iters), "SOLVER.CHECKPOINT_PERIOD", str(10 ** 6),
+                   "TEST.EVAL_PERIOD", "0", *variant_opts(variant)]
+            os.makedirs(d, exist_ok=True)
+            if os.path.isfile(os.path.join(d, "log.txt")):
+                os.remove(os.path.join(d, "log.txt"))  # an interrupted attempt: start over
+            procs.append((cmd, subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                                text=True, env=env)))
+        for cmd, proc in procs:
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{config} {variant} failed ({' '.join(cmd)}):\n{err[-3000:]}")
         write_text_atomic(done, f"{time.perf_counter() - t:.1f}\n")
-    out = parse_log(os.path.join(run_dir, "log.txt"))
-    out["wall_s"] = float(open(done).read())
+    logs = [parse_log(os.path.join(d, "log.txt")) for d in dirs]
+    out = {}
+    for k in ("train_s_per_it", "eval_s_per_img"):
+        vals = [x[k] for x in logs if x[k] is not None]
+        out[k] = statistics.mean(vals) / jobs if len(vals) == jobs else None
+    out["wall_s"] = float(open(done).read()) / jobs
     return out
 
 
@@ -189,7 +214,9 @@ def main(argv=None):
          f"training iterations of the config on neon_trees_train + evaluation on neon_trees_val, {a.rounds} "
          "round(s) in round-robin order; median over rounds (all rounds in brackets); ratio to `before` "
          "(< 1 is faster). Training s / it: Detectron2's IterationTimer (first iterations left out); eval s / img: "
-         "Detectron2's inference_on_dataset; wall: the whole train_net process.", ""]
+         "Detectron2's inference_on_dataset; wall: the whole train_net process. A `jobs2` variant runs two "
+         "train_net processes at once with one thread each (the sweep's `--jobs 2`); its times are machine time, "
+         "per-run time / 2, so its ratio is the sweep's throughput gain.", ""]
     for c in a.configs:
         L += [f"## {c}", "", "| variant | train s / it | ratio | eval s / img | ratio | wall s | ratio |",
               "|---|---|---|---|---|---|---|"]

@@ -92,6 +92,8 @@ def test_recipe_variants_map_to_config_overrides_and_preloads(recipe, tmp_path, 
     env = recipe.variant_env("channels_last+iomp")
     assert env == {"KMP_BLOCKTIME": "1", "LD_PRELOAD": f"{lib / 'libiomp5.so'}:/opt/other.so"}
     assert recipe.variant_env("before") == {} and recipe.variant_opts("before") == ()
+    assert recipe.variant_jobs("jobs2+channels_last") == 2 and recipe.variant_jobs("iomp") == 1
+    assert recipe.variant_opts("jobs2") == () and recipe.variant_env("jobs2") == {}
     with pytest.raises(ValueError, match=r"unknown variant part 'mimalloc' in 'iomp\+mimalloc'; valid: .*jemalloc"):
         recipe.variant_opts("iomp+mimalloc")
     monkeypatch.setattr(recipe.ctypes_util, "find_library", lambda name: None)
