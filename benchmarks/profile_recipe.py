@@ -108,7 +108,8 @@ def main(argv=None):
     if a.steps < 1 or a.warmup < 0:
         raise SystemExit(f"--steps {a.steps} must be >= 1 and --warmup {a.warmup} >= 0")
     wall, events = profile_steps(a.config, a.opts, a.steps, a.warmup)
-    # self CPU time is summed over threads; per iteration, in seconds
+    # self CPU time: elapsed on the calling thread, exclusive of child operators (intra-op OpenMP
+    # threads work inside it, they are not added up); per iteration, in seconds
     ops = [(e.key, e.self_cpu_time_total / 1e6 / a.steps, e.count // a.steps) for e in events]
     total = sum(s for _, s, _ in ops)
     fams = defaultdict(float)
@@ -119,8 +120,8 @@ def main(argv=None):
          f"Command: `{cmd.strip()}`; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {torch.get_num_threads()} "
          f"torch threads, torch {torch.__version__}. {a.steps} SGD steps on real `neon_trees_train` batches "
          f"(drawn before profiling, so data loading is excluded) after {a.warmup} unprofiled steps.", "",
-         f"Wall time: **{wall:.2f} s / iteration** (under the profiler); self CPU time summed over threads: "
-         f"{total:.2f} s / iteration.", "",
+         f"Wall time: **{wall:.2f} s / iteration** (under the profiler); operators' self CPU time (elapsed on "
+         f"the calling thread, intra-op threads inside it): {total:.2f} s / iteration.", "",
          "| operator family | self CPU s / it | share |", "|---|---|---|"]
     for fam, s in sorted(fams.items(), key=lambda kv: -kv[1]):
         L.append(f"| {fam} | {s:.3f} | {100 * s / total:.1f} % |")

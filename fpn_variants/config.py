@@ -47,7 +47,7 @@ def add_fpn_variants_config(cfg: CN) -> CN:
 
     # Convert the model's 4-D weights to channels_last (NHWC) memory format at build time, so that
     # oneDNN (CPU) / cuDNN convolutions run in NHWC; the arithmetic is the same convolution, only the
-    # memory layout changes. Measured effect: benchmarks/bench_recipe.py, docs/results/recipe_speed.md.
+    # memory layout changes. Measured effect: benchmarks/bench_recipe.py, docs/results/recipe_speed_layout_workers.md (no gain).
     _C.FPN_VARIANTS.CHANNELS_LAST = False
 
     # Training-time augmentation on top of Detectron2's ResizeShortestEdge + horizontal flip
