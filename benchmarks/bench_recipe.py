@@ -141,12 +141,14 @@ def run_once(config: str, variant: str, iters: int, run_dir: str) -> dict:
             os.makedirs(d, exist_ok=True)
             if os.path.isfile(os.path.join(d, "log.txt")):
                 os.remove(os.path.join(d, "log.txt"))  # an interrupted attempt: start over
-            procs.append((cmd, subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                text=True, env=env)))
-        for cmd, proc in procs:
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"{config} {variant} failed ({' '.join(cmd)}):\n{err[-3000:]}")
+            # stderr to a file, not a pipe: a pipe not yet read could fill and stall a concurrent run
+            with open(os.path.join(d, "stderr.txt"), "w") as err:
+                procs.append((cmd, d, subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env)))
+        for cmd, d, proc in procs:
+            if proc.wait() != 0:
+                with open(os.path.join(d, "stderr.txt"), errors="replace") as err:
+                    tail = err.read()[-3000:]
+                raise RuntimeError(f"{config} {variant} failed ({' '.join(cmd)}):\n{tail}")
         write_text_atomic(done, f"{time.perf_counter() - t:.1f}\n")
     logs = [parse_log(os.path.join(d, "log.txt")) for d in dirs]
     out = {}
