@@ -11,7 +11,8 @@ For each setting (``--settings``; default both):
 it builds Faster R-CNN with Detectron2's stock ``build_resnet_fpn_backbone`` ("detectron2 FPN"),
 with every registered pyramid of this package (``fpn_variants.PRESETS``, BiFPN with its weighted
 fusion) and the Table 3 (a) C4 and (b) C5 baselines, all randomly initialised from the same
-config, and measures:
+config and sharing Detectron2 FPN's weights wherever names and shapes match (bottom-up pathway, RPN,
+RoI heads; every weight of ``fpn_full``), and measures:
 
 * parameters of the whole detector and of the neck (backbone minus bottom-up pathway), millions;
 * FLOPs of the neck alone and of the whole detector at inference (fvcore's counter through
@@ -21,7 +22,8 @@ config, and measures:
   ``--warmup`` calls, under ``torch.inference_mode``, models interleaved round-robin so drift of
   the machine hits all alike;
 * training throughput (images / s; SGD steps as Detectron2's ``SimpleTrainer`` on a fixed synthetic
-  batch with 5 boxes per image, so data loading is excluded) and peak resident memory (RSS, MiB,
+  batch with 5 boxes per image, so data loading is excluded; learning rate 0, so every step does the
+  same work, see :func:`train_worker`) and peak resident memory (RSS, MiB,
   ``VmHWM`` of a fresh process per model: imports + model + training);
 * achieved GFLOP/s of end-to-end inference, and as a fraction of this machine's measured fp32
   matmul peak (``torch.mm`` of 2048x2048 matrices, same flop convention);
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import os
@@ -112,6 +115,37 @@ def build_cfg(setting: Setting, model_key: str):
     cfg = load_config(os.path.join(REPO, "configs", setting.folder, f"{stem}.yaml"),
                       ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
     return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def reference_state(setting: Setting) -> Dict[str, torch.Tensor]:
+    """State dict of Detectron2's FPN detector of ``setting`` built after ``torch.manual_seed(0)``."""
+    torch.manual_seed(0)
+    return build_model(build_cfg(setting, REFERENCE)).state_dict()
+
+
+def build_benchmark_model(setting: Setting, key: str, cfg=None):
+    """Build the detector ``key`` of ``setting`` (or from ``cfg``) with the reference's weights.
+
+    Every parameter and buffer whose name and shape match Detectron2's FPN detector (built after
+    ``torch.manual_seed(0)``) is copied from it; the rest keep their seed-0 initialisation. The
+    shared bottom-up pathway, RPN and RoI heads (and, for ``fpn_full``, every weight) are then equal
+    across models, so with random weights the data-dependent work -- which anchors and proposals
+    survive NMS, how many RoIs the box head sees -- is the same and the timings compare the neck.
+    Without it, ``fpn_full`` drew its lateral weights in another order than Detectron2's ``FPN``
+    (same distributions, other values) and its steps did different work.
+
+    Returns:
+        ``(model, shared)``: the model in train mode and the number of state entries copied.
+    """
+    cfg = cfg if cfg is not None else build_cfg(setting, key)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ref = reference_state(setting)
+    own = model.state_dict()
+    shared = {k: v for k, v in ref.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(shared, strict=False)
+    return model, len(shared)
 
 
 def synthetic_image(setting: Setting, seed: int = 0) -> torch.Tensor:
@@ -215,8 +249,7 @@ def measure_inference(setting: Setting, keys: Sequence[str], repeats: int, warmu
     inputs = [{"image": image, "height": setting.height, "width": setting.width}]
     models, rows, necks = {}, {}, {}
     for key in keys:
-        torch.manual_seed(0)
-        model = build_model(build_cfg(setting, key)).eval()
+        model = build_benchmark_model(setting, key)[0].eval()
         calibrate_norms(model, inputs)
         models[key] = model
         backbone = model.backbone
@@ -277,13 +310,22 @@ def _rss_high_water_mib() -> float:
 
 def train_worker(setting: Setting, key: str, iters: int, warmup: int, batch: Optional[int]) -> dict:
     """Run in a fresh process: ``warmup + iters`` SGD steps of the model on a fixed synthetic batch;
-    returns the median step time (s), images / s and the process's peak RSS (MiB)."""
+    returns the median step time (s), images / s and the process's peak RSS (MiB).
+
+    The model starts from :func:`build_benchmark_model`'s weights and the optimizer is Detectron2's
+    SGD (momentum, weight decay) with ``SOLVER.BASE_LR`` = 0: each step computes everything a
+    training step does (forward, backward, the optimizer's update), but the weights keep their
+    values, so every step does the same data-dependent work and a random-weight R-50 cannot drift
+    towards divergence (measured: with the config's learning rate, losses are Inf/NaN after 5 steps
+    at 800 px and the RoI head's sampled proposals change from step to step)."""
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
     cfg = build_cfg(setting, key)
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
+    cfg.defrost()
+    cfg.SOLVER.BASE_LR = 0.0  # the step's full compute, but the weights keep their values
+    model = build_benchmark_model(setting, key, cfg)[0].train()
+    reference_state.cache_clear()  # free the reference's copy before the peak-RSS measurement
     n = batch or setting.train_batch or cfg.SOLVER.IMS_PER_BATCH
     data = synthetic_batch(setting, n)
     calibrate_norms(model, data)

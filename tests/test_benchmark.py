@@ -64,6 +64,26 @@ def test_training_worker_measures_throughput_and_memory(bench):
     assert r["train_peak_rss_MiB"] >= r["built_rss_MiB"] > 100
 
 
+def test_models_share_the_reference_weights(bench):
+    """fpn_full gets every weight of Detectron2's FPN detector; another pyramid gets the shared
+    bottom-up pathway and heads but keeps its own neck."""
+    import torch
+
+    setting = bench.SETTINGS["r18-neon"]
+    ref = bench.reference_state(setting)
+    full, n_full = bench.build_benchmark_model(setting, "fpn_full")
+    assert n_full == len(ref)
+    assert all(torch.equal(v, ref[k]) for k, v in full.state_dict().items())
+    panet, n_panet = bench.build_benchmark_model(setting, "fpn_panet")
+    own = panet.state_dict()
+    assert 0 < n_panet < len(own)
+    for k in ("backbone.bottom_up.stem.conv1.weight", "proposal_generator.rpn_head.conv.weight",
+              "roi_heads.box_predictor.cls_score.weight", "backbone.fpn_lateral3.weight"):
+        assert torch.equal(own[k], ref[k]), k
+    extra = [k for k in own if k not in ref]  # PANet's own bottom-up path keeps its initialisation
+    assert extra and all(k.startswith("backbone.post_paths.") for k in extra)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--settings", "r34-800"], "unknown setting 'r34-800'; valid: r50-800, r18-neon"),
     (["--models", "fpn_fully"], "unknown model 'fpn_fully'"),
