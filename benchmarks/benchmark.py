@@ -348,6 +348,52 @@ def train_worker(setting: Setting, key: str, iters: int, warmup: int, batch: Opt
                 built_rss_MiB=rss_built)
 
 
+def training_step_ops(setting: Setting, key: str, batch: Optional[int] = None):
+    """The operators one training step of ``key`` executes, with their input shapes.
+
+    Builds the model as :func:`train_worker` does (reference weights, learning rate 0), runs one
+    step to warm up, then profiles one more (``torch.profiler``, CPU, ``record_shapes``) with the
+    sampling RNG seeded alike for every model. Two models whose counters are equal perform the same
+    computation -- the same ATen operators and autograd backward nodes on the same shapes, forward,
+    backward and optimizer step -- and differ at most in the order they run them: a cost parity
+    that the machine's timing noise (a few % per run) cannot show.
+
+    Returns:
+        ``(counter, loss)``: ``collections.Counter`` of ``(operator name, str(input shapes))`` and
+        the step's total loss.
+    """
+    import collections
+
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import EventStorage
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = build_cfg(setting, key)
+    cfg.defrost()
+    cfg.SOLVER.BASE_LR = 0.0
+    model = build_benchmark_model(setting, key, cfg)[0].train()
+    data = synthetic_batch(setting, batch or setting.train_batch or cfg.SOLVER.IMS_PER_BATCH)
+    calibrate_norms(model, data)
+    optimizer = build_optimizer(cfg, model)
+
+    def step():
+        torch.manual_seed(1)  # the RPN / RoI samplers draw the same anchors and proposals
+        loss = sum(model(data).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    with EventStorage(0):
+        step()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            loss = step()
+    ops = collections.Counter(
+        (e.name, str(e.input_shapes)) for e in prof.events() if e.name.startswith("aten::") or "Backward" in e.name
+    )
+    return ops, float(loss)
+
+
 def measure_training(setting: Setting, keys: Sequence[str], iters: int, warmup: int,
                      batch: Optional[int], rounds: int = 1) -> Dict[str, dict]:
     """:func:`train_worker` of each model in its own process (so peak RSS is the model's own),
@@ -414,8 +460,10 @@ def markdown(rows: List[dict], meta: dict) -> str:
         f"{meta['cpu']}. Measured fp32 matmul peak: {meta['matmul_peak_GFLOP_per_s']:.1f} GFLOP/s "
         "(multiply-add = 1 flop, as fvcore). Randomly initialised Faster R-CNN (batch-norm statistics set from "
         "one image, so activations stay finite; the RPN then passes MODEL.RPN.POST_NMS_TOPK_TEST proposals to "
-        "the RoI head, an upper bound for a trained detector), batch 1 for inference; "
-        "latency = median of the timed calls, models interleaved; training = median SGD step on a fixed "
+        "the RoI head, an upper bound for a trained detector), every model with Detectron2 FPN's weights "
+        "wherever names and shapes match; batch 1 for inference; "
+        "latency = median of the timed calls, models interleaved; training = median SGD step (learning rate 0: "
+        "the full step's work, weights unchanged) on a fixed "
         "synthetic batch, each model in a fresh process (peak RSS = that process's). Ratios are to "
         "Detectron2's `build_resnet_fpn_backbone` in the same run (\"/ D2\").",
         "",
@@ -456,6 +504,26 @@ def _check_positive(name, value, minimum=1):
         raise SystemExit(f"{name} {value} is not valid: must be >= {minimum}")
 
 
+def op_parity(settings: Sequence[str], keys: Sequence[str], batch: Optional[int]) -> int:
+    """Print, per setting and model, how one training step's operators differ from Detectron2's FPN
+    detector's (:func:`training_step_ops`); returns 1 if ``fpn_full``'s differ or its loss does."""
+    status = 0
+    for skey in settings:
+        s = SETTINGS[skey]
+        ref_ops, ref_loss = training_step_ops(s, REFERENCE, batch)
+        print(f"[{skey}] {REFERENCE}: {sum(ref_ops.values())} operator calls, loss {ref_loss:.6f}")
+        for key in keys:
+            ops, loss = training_step_ops(s, key, batch)
+            extra, missing = ops - ref_ops, ref_ops - ops
+            same = not extra and not missing and loss == ref_loss
+            print(f"[{skey}] {key}: {sum(ops.values())} operator calls, loss {loss:.6f}; "
+                  + ("identical computation" if same else f"{sum(extra.values())} calls not in {REFERENCE}, "
+                     f"{sum(missing.values())} of its calls missing"))
+            if key == "fpn_full" and not same:
+                status = 1
+    return status
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/results")
@@ -469,6 +537,9 @@ def main(argv=None):
     p.add_argument("--train-rounds", type=int, default=1, help="training measurements per model, round-robin")
     p.add_argument("--train-batch", type=int, help="images per training step (default: see the settings)")
     p.add_argument("--no-train", action="store_true", help="skip training throughput and RSS")
+    p.add_argument("--op-parity", action="store_true",
+                   help="instead of timing: compare the operators (with shapes) of one training step of each "
+                        "model with Detectron2's FPN (training_step_ops); exit 1 if fpn_full differs")
     p.add_argument("--train-worker", nargs=2, metavar=("SETTING", "MODEL"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     for s in a.settings if not a.train_worker else [a.train_worker[0]]:
@@ -489,6 +560,8 @@ def main(argv=None):
         print(json.dumps(train_worker(SETTINGS[skey], mkey, a.train_iters, a.train_warmup, a.train_batch)))
         return 0
     keys = [REFERENCE] + [m for m in a.models if m != REFERENCE]
+    if a.op_parity:
+        return op_parity(a.settings, keys[1:], a.train_batch)
     peak = matmul_peak_gflops()
     rows = []
     for skey in a.settings:

@@ -84,6 +84,21 @@ def test_models_share_the_reference_weights(bench):
     assert extra and all(k.startswith("backbone.post_paths.") for k in extra)
 
 
+def test_fpn_full_training_step_is_detectron2_fpns_computation(bench):
+    """Issue 5's "no more than Detectron2's own FPN", exactly: with the same weights, one training
+    step of fpn_full runs the same operators on the same shapes as build_resnet_fpn_backbone's
+    detector, and gives the same loss; the lateral-only pyramid runs fewer."""
+    setting = bench.SETTINGS["r18-neon"]
+    ref_ops, ref_loss = bench.training_step_ops(setting, bench.REFERENCE, batch=1)
+    ops, loss = bench.training_step_ops(setting, "fpn_full", batch=1)
+    assert sum(ref_ops.values()) > 1000
+    assert ops == ref_ops, (ref_ops - ops, ops - ref_ops)
+    assert loss == ref_loss
+    lat_ops, _ = bench.training_step_ops(setting, "fpn_lateral_only", batch=1)
+    conv = lambda c: sum(v for (name, _), v in c.items() if name == "aten::convolution")  # noqa: E731
+    assert conv(lat_ops) == conv(ref_ops) - 4  # no 3x3 output convs on P2..P5
+
+
 @pytest.mark.parametrize("args, message", [
     (["--settings", "r34-800"], "unknown setting 'r34-800'; valid: r50-800, r18-neon"),
     (["--models", "fpn_fully"], "unknown model 'fpn_fully'"),
