@@ -308,55 +308,68 @@ def _rss_high_water_mib() -> float:
     raise RuntimeError("VmHWM not found in /proc/self/status (the training benchmark needs Linux)")
 
 
-def train_worker(setting: Setting, key: str, iters: int, warmup: int, batch: Optional[int]) -> dict:
-    """Run in a fresh process: ``warmup + iters`` SGD steps of the model on a fixed synthetic batch;
-    returns the median step time (s), images / s and the process's peak RSS (MiB).
+class TrainingStep:
+    """One SGD step of detector ``key`` as Detectron2's ``SimpleTrainer`` takes it, on a fixed
+    synthetic batch of ``batch`` images (default: the setting's, else ``SOLVER.IMS_PER_BATCH``).
 
     The model starts from :func:`build_benchmark_model`'s weights and the optimizer is Detectron2's
     SGD (momentum, weight decay) with ``SOLVER.BASE_LR`` = 0: each step computes everything a
     training step does (forward, backward, the optimizer's update), but the weights keep their
     values, so every step does the same data-dependent work and a random-weight R-50 cannot drift
     towards divergence (measured: with the config's learning rate, losses are Inf/NaN after 5 steps
-    at 800 px and the RoI head's sampled proposals change from step to step)."""
-    from detectron2.solver import build_optimizer
+    at 800 px and the RoI head's sampled proposals change from step to step).
+    Call it inside a Detectron2 ``EventStorage`` (the heads log into it); it returns the total loss.
+    """
+
+    def __init__(self, setting: Setting, key: str, batch: Optional[int] = None):
+        from detectron2.solver import build_optimizer
+
+        cfg = build_cfg(setting, key)
+        cfg.defrost()
+        cfg.SOLVER.BASE_LR = 0.0
+        self.model = build_benchmark_model(setting, key, cfg)[0].train()
+        reference_state.cache_clear()  # free the reference's copy before any peak-RSS measurement
+        self.batch = batch or setting.train_batch or cfg.SOLVER.IMS_PER_BATCH
+        self.data = synthetic_batch(setting, self.batch)
+        calibrate_norms(self.model, self.data)
+        self.optimizer = build_optimizer(cfg, self.model)
+
+    def __call__(self) -> torch.Tensor:
+        loss = sum(self.model(self.data).values())
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+
+def train_worker(setting: Setting, key: str, iters: int, warmup: int, batch: Optional[int]) -> dict:
+    """Run in a fresh process: ``warmup + iters`` :class:`TrainingStep` calls; returns the median
+    step time (s), images / s and the process's peak RSS (MiB)."""
     from detectron2.utils.events import EventStorage
 
-    cfg = build_cfg(setting, key)
-    cfg.defrost()
-    cfg.SOLVER.BASE_LR = 0.0  # the step's full compute, but the weights keep their values
-    model = build_benchmark_model(setting, key, cfg)[0].train()
-    reference_state.cache_clear()  # free the reference's copy before the peak-RSS measurement
-    n = batch or setting.train_batch or cfg.SOLVER.IMS_PER_BATCH
-    data = synthetic_batch(setting, n)
-    calibrate_norms(model, data)
-    optimizer = build_optimizer(cfg, model)
+    step = TrainingStep(setting, key, batch)
     rss_built = _rss_high_water_mib()
     times = []
-    with EventStorage(0) as storage:  # Detectron2's heads log training statistics into it
+    with EventStorage(0) as storage:
         for i in range(warmup + iters):
             t = time.perf_counter()
-            losses = sum(model(data).values())
-            optimizer.zero_grad()
-            losses.backward()
-            optimizer.step()
+            step()
             if i >= warmup:
                 times.append(time.perf_counter() - t)
             storage.step()
-    step = statistics.median(times)
-    return dict(train_batch=n, train_step_s=step, train_images_per_s=n / step,
-                train_peak_rss_MiB=_rss_high_water_mib(),
-                built_rss_MiB=rss_built)
+    median = statistics.median(times)
+    return dict(train_batch=step.batch, train_step_s=median, train_images_per_s=step.batch / median,
+                train_peak_rss_MiB=_rss_high_water_mib(), built_rss_MiB=rss_built)
 
 
 def training_step_ops(setting: Setting, key: str, batch: Optional[int] = None):
-    """The operators one training step of ``key`` executes, with their input shapes.
+    """The operators one :class:`TrainingStep` of ``key`` executes, with their input shapes.
 
-    Builds the model as :func:`train_worker` does (reference weights, learning rate 0), runs one
-    step to warm up, then profiles one more (``torch.profiler``, CPU, ``record_shapes``) with the
-    sampling RNG seeded alike for every model. Two models whose counters are equal perform the same
-    computation -- the same ATen operators and autograd backward nodes on the same shapes, forward,
-    backward and optimizer step -- and differ at most in the order they run them: a cost parity
-    that the machine's timing noise (a few % per run) cannot show.
+    Runs one step to warm up, then profiles one more (``torch.profiler``, CPU, ``record_shapes``)
+    with the sampling RNG seeded alike for every model. Two models whose counters are equal perform
+    the same computation -- the same ATen operators and autograd backward nodes on the same shapes,
+    forward, backward and optimizer step -- and differ at most in the order they run them: a cost
+    parity that the machine's timing noise (a few % per run) cannot show.
 
     Returns:
         ``(counter, loss)``: ``collections.Counter`` of ``(operator name, str(input shapes))`` and
@@ -364,28 +377,14 @@ def training_step_ops(setting: Setting, key: str, batch: Optional[int] = None):
     """
     import collections
 
-    from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
     from torch.profiler import ProfilerActivity, profile
 
-    cfg = build_cfg(setting, key)
-    cfg.defrost()
-    cfg.SOLVER.BASE_LR = 0.0
-    model = build_benchmark_model(setting, key, cfg)[0].train()
-    data = synthetic_batch(setting, batch or setting.train_batch or cfg.SOLVER.IMS_PER_BATCH)
-    calibrate_norms(model, data)
-    optimizer = build_optimizer(cfg, model)
-
-    def step():
-        torch.manual_seed(1)  # the RPN / RoI samplers draw the same anchors and proposals
-        loss = sum(model(data).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
-
+    step = TrainingStep(setting, key, batch)
     with EventStorage(0):
+        torch.manual_seed(1)  # the RPN / RoI samplers draw the same anchors and proposals
         step()
+        torch.manual_seed(1)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             loss = step()
     ops = collections.Counter(
