@@ -390,7 +390,7 @@ def training_step_ops(setting: Setting, key: str, batch: Optional[int] = None):
     ops = collections.Counter(
         (e.name, str(e.input_shapes)) for e in prof.events() if e.name.startswith("aten::") or "Backward" in e.name
     )
-    return ops, float(loss)
+    return ops, float(loss.detach())
 
 
 def measure_training(setting: Setting, keys: Sequence[str], iters: int, warmup: int,
