@@ -23,7 +23,7 @@ RoI heads; every weight of ``fpn_full``), and measures:
   the machine hits all alike;
 * training throughput (images / s; SGD steps as Detectron2's ``SimpleTrainer`` on a fixed synthetic
   batch with 5 boxes per image, so data loading is excluded; learning rate 0, so every step does the
-  same work, see :func:`train_worker`) and peak resident memory (RSS, MiB,
+  same work, see :class:`TrainingStep`) and peak resident memory (RSS, MiB,
   ``VmHWM`` of a fresh process per model: imports + model + training);
 * achieved GFLOP/s of end-to-end inference, and as a fraction of this machine's measured fp32
   matmul peak (``torch.mm`` of 2048x2048 matrices, same flop convention);
