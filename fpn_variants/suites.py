@@ -209,6 +209,7 @@ _BEYOND = (
     ("bilinear", "upsampling: bilinear", "rpn_c_fpn", ("FPN_VARIANTS.UPSAMPLE_MODE", "bilinear"), "the paper uses nearest neighbour 'for simplicity' (§3)"),
     ("relu", "activation: ReLU", "rpn_c_fpn", ("FPN_VARIANTS.ACTIVATION", "relu"), "'no non-linearities in these extra layers, which we have empirically found to have minor impacts' (§3)"),
     ("gn", "norm: GN", "rpn_c_fpn", ("MODEL.FPN.NORM", "GN"), "the paper has no normalisation in the extra layers (§3)"),
+    ("bn", "norm: BN", "rpn_c_fpn", ("MODEL.FPN.NORM", "BN"), "the paper has no normalisation in the extra layers (§3); BN uses the batch's statistics (8 tiles per process here; SyncBN across GPUs)"),
     ("residual2", "residual connections, 2 blocks", "rpn_residual", ("FPN_VARIANTS.RESIDUAL_NUM_BLOCKS", "2"), "'more sophisticated blocks (e.g., multi-layer residual blocks as the connections)' were 'marginally better' (§3)"),
     ("p6_c5", "P6 from C5 (3x3/2 conv)", "rpn_c_fpn", ("FPN_VARIANTS.TOP_BLOCK", "p6_c5"), "the paper: P6 = stride-2 subsampling of P5 (§4.1)"),
     ("panet", "PANet bottom-up path", "rpn_panet", (), "PANet: the extra bottom-up path shortens the path from low levels to the top and improves AP (Liu et al. 2018, Table 3)"),

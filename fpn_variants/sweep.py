@@ -232,6 +232,16 @@ def _check_manifest(output: str, suite: Suite, opts: Sequence[str], seeds: Seque
                 f"asks for {suite.name!r} with {list(opts)}. Use another --output (results of different settings "
                 "must not be averaged together)."
             )
+        # a row whose config or opts changed since its runs were made would average two settings;
+        # rows added to a suite since are fine (they simply have no runs yet)
+        before = {r["key"]: (r["config"], list(r["opts"])) for r in old["suite"]["rows"]}
+        for row in suite.rows:
+            if row.key in before and before[row.key] != (row.config, list(row.opts)):
+                raise ValueError(
+                    f"row {row.key!r} of {output} was run as {before[row.key][0]} {before[row.key][1]}; the suite "
+                    f"now defines it as {row.config} {list(row.opts)}. Use another --output (results of different "
+                    "settings must not be averaged together)."
+                )
     all_seeds = sorted(set(seeds) | set(old["seeds"] if old else ()))
     commands = list(old.get("commands", [])) if old else []
     if command and command not in commands:

@@ -101,6 +101,12 @@ def test_local_executor_two_rows_two_seeds(tmp_path):
     # other overrides must not be averaged into the same folder
     with pytest.raises(ValueError, match="Use another --output"):
         run_sweep(suite, seeds=2, output=out, opts=TINY + ("SOLVER.BASE_LR", "0.01"))
+    # ... nor a row whose definition changed since its runs were made
+    changed = Suite(suite.name, suite.title, suite.metrics, suite.headline,
+                    (suite.rows[0], Row("d_bottom_up", "(d) bottom-up", "NEON/rpn_d_bottom_up.yaml",
+                                        opts=("MODEL.FPN.FUSE_TYPE", "avg"))), baseline="c_fpn")
+    with pytest.raises(ValueError, match="row 'd_bottom_up' of .* now defines it as NEON/rpn_d_bottom_up.yaml"):
+        run_sweep(changed, seeds=2, output=out, opts=TINY)
     # a person's discussion placed in the folder is carried into report.md; no cost columns when asked
     with open(os.path.join(out, "discussion.md"), "w") as f:
         f.write("Bottom-up matches FPN here because trees need little semantics.\n")
@@ -108,6 +114,13 @@ def test_local_executor_two_rows_two_seeds(tmp_path):
     md = open(os.path.join(out, "report.md")).read()
     assert "## Discussion\n\nBottom-up matches FPN here because trees need little semantics.\n" in md
     assert "GFLOPs" not in md and "| AR100 | AR1k | seeds done | train s / it |" in md
+    # a row added to the suite since is accepted: it just has no runs yet
+    from fpn_variants.sweep import _check_manifest
+
+    grown = Suite(suite.name, suite.title, suite.metrics, suite.headline,
+                  suite.rows + (Row("e_top_down", "(e) top-down", "NEON/rpn_e_top_down.yaml"),), baseline="c_fpn")
+    assert _check_manifest(out, grown, TINY, [0], None) == [0, 1]
+    assert [r["key"] for r in json.load(open(os.path.join(out, "sweep.json")))["suite"]["rows"]][-1] == "e_top_down"
 
 
 def test_submitit_local_executor(tmp_path):
@@ -281,6 +294,34 @@ def test_fast_rcnn_suite_trains_on_the_dumped_proposals_of_one_rpn(tmp_path):
         assert files["neon_trees_train"] in run_cfg and files["neon_trees_val"] in run_cfg
         assert "PrecomputedProposals" in run_cfg
     assert "| (c) FPN |" in open(os.path.join(out, "report.md")).read()
+
+
+@pytest.mark.parametrize("name", ["beyond-neon", "beyond"])
+def test_every_beyond_row_builds_its_pyramid_with_its_opts(name):
+    """A typo in a row's opts would otherwise surface only hours into a sweep."""
+    from detectron2.config import get_cfg
+    import torch
+    from detectron2.modeling import build_backbone
+
+    from fpn_variants.config import add_fpn_variants_config, validate_config
+
+    suite = get_suite(name)
+    assert {"fpn", "d256", "fuse_avg", "fuse_concat", "fuse_weighted", "bilinear", "relu", "gn", "bn",
+            "residual2", "p6_c5", "panet", "bifpn"} == {r.key for r in suite.rows}
+    for row in suite.rows:
+        cfg = get_cfg()
+        add_fpn_variants_config(cfg)
+        cfg.merge_from_file(os.path.join(config_root(), row.config))
+        cfg.merge_from_list(list(row.opts))
+        cfg.MODEL.DEVICE = "cpu"
+        validate_config(cfg)
+        net = build_backbone(cfg)
+        assert sorted(net.output_shape()) == ["p2", "p3", "p4", "p5", "p6"], row.key
+        assert {s.channels for s in net.output_shape().values()} == {cfg.MODEL.FPN.OUT_CHANNELS}, row.key
+        # norm layers in the pyramid's own layers, not the bottom-up pathway (which may use BN itself)
+        norms = {type(m) for n, m in net.named_modules() if not n.startswith("bottom_up")
+                 and isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d))}
+        assert norms == {"gn": {torch.nn.GroupNorm}, "bn": {torch.nn.BatchNorm2d}}.get(row.key, set()), row.key
 
 
 def test_claims_against_the_baseline_are_resolved_only_beyond_the_seed_spread():
