@@ -304,6 +304,15 @@ def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[in
     write_bytes_atomic(path, buf.getvalue())
 
 
+def _cost_ratio(row: dict, base: dict) -> str:
+    """``"1.10x, 1.25x"``: the row's GFLOPs and latency over the baseline's (``—`` where either is missing)."""
+    out = []
+    for k in ("gflops", "latency_s"):
+        a, b = row.get(k), base.get(k)
+        out.append(f"{a / b:.2f}x" if a is not None and b else "—")
+    return ", ".join(out)
+
+
 def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: List[dict] = (),
               costs: Optional[Dict[str, dict]] = None, discussion: str = "") -> str:
     suite: Suite = collected["suite"]
@@ -359,11 +368,16 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
         L += [f"## Each claim against the baseline ({h})", "",
               f"Baseline: {base['label']}, {h} {_fmt(base['mean'][h], base['std'][h])}. Difference = row mean − baseline "
               "mean; spread = sqrt(std_row² + std_baseline²) over seeds; *resolved* when |difference| > spread.", "",
-              f"| design | what the literature says | ours: {h} | difference | resolved by the seeds? |", "|---|---|---|---|---|"]
+              f"| design | what the literature says | ours: {h} | difference | resolved by the seeds? |"
+              + (" cost vs baseline (GFLOPs, latency) |" if costs else ""), "|---|---|---|---|---|" + "---|" * bool(costs)]
         for c in claims:
             diff = "—" if c["diff"] is None else f"{c['diff']:+.1f}" + (f" (spread {c['spread']:.1f})" if c["spread"] is not None else "")
             res = {True: "**yes**", False: "no (within seed spread)", None: "— (needs ≥ 2 seeds of both)"}[c["resolved"]]
-            L.append(f"| {c['label']} | {c['claim']} | {_fmt(c['mean'], c['std'])} | {diff} | {res} |")
+            cost = f" {_cost_ratio(costs.get(c['row'], {}), costs.get(suite.baseline, {}))} |" if costs else ""
+            L.append(f"| {c['label']} | {c['claim']} | {_fmt(c['mean'], c['std'])} | {diff} | {res} |{cost}")
+        if costs:
+            L += ["", "Cost vs baseline: the row's GFLOPs and CPU latency divided by the baseline's (table above); "
+                  "latencies are single measurements of a few milliseconds' difference, so ratios within ~5 % are noise."]
         L.append("")
     if discussion:
         L += ["## Discussion", "", discussion.strip(), ""]
@@ -387,6 +401,12 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
         extra = [r["label"] for r in rows if r["mean"].get(h) is not None and h not in r["paper"]]
         if extra:
             L.append(f"- Not in the paper's table (no paper number to rank against): {', '.join(extra)}.")
+    elif not any(h in r["paper"] for r in rows):
+        ranked = sorted((r for r in rows if r["mean"].get(h) is not None), key=lambda r: -r["mean"][h])
+        if ranked:
+            L.append("- ours:  " + " > ".join(f"{r['label']} ({r['mean'][h]:.1f})" for r in ranked))
+        L.append(f"- No row of this suite has a paper number for {h} to rank against; the order is ours only, "
+                 "and neighbours closer than their seed spread are not resolved.")
     else:
         L.append("No row has both a finished run and a paper number yet.")
     L.append("")

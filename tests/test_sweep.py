@@ -79,6 +79,10 @@ def check_complete_sweep(out, suite, seeds):
     assert "| params (M) | GFLOPs (96x96) | latency (s) |" in md
     row = next(line for line in md.splitlines() if line.startswith("| (c) FPN |"))
     assert f"| {costs['c_fpn']['latency_s']:.3f} |" in row
+    # the claims table puts each design's cost beside its gain: GFLOPs and latency over the baseline's
+    claim = next(line for line in md.splitlines() if line.startswith("| (d) bottom-up | the top-down"))
+    b, c = costs["d_bottom_up"], costs["c_fpn"]
+    assert claim.endswith(f"| {b['gflops'] / c['gflops']:.2f}x, {b['latency_s'] / c['latency_s']:.2f}x |")
 
 
 def test_local_executor_two_rows_two_seeds(tmp_path):
@@ -121,6 +125,18 @@ def test_local_executor_two_rows_two_seeds(tmp_path):
                   suite.rows + (Row("e_top_down", "(e) top-down", "NEON/rpn_e_top_down.yaml"),), baseline="c_fpn")
     assert _check_manifest(out, grown, TINY, [0], None) == [0, 1]
     assert [r["key"] for r in json.load(open(os.path.join(out, "sweep.json")))["suite"]["rows"]][-1] == "e_top_down"
+    # a suite without paper numbers (the beyond suites) is still ranked, by our means alone
+    manifest = json.load(open(os.path.join(out, "sweep.json")))
+    for r in manifest["suite"]["rows"]:
+        r["paper"] = {}
+    json.dump(manifest, open(os.path.join(out, "sweep.json"), "w"))
+    write_report(out, with_costs=False)
+    md = open(os.path.join(out, "report.md")).read()
+    means = {r["row"]: r["mean"]["AR1k"] for r in json.load(open(os.path.join(out, "results.json")))["rows"]}
+    labels = {"c_fpn": "(c) FPN", "d_bottom_up": "(d) bottom-up"}
+    order = sorted(labels, key=lambda k: -means[k])
+    assert "- ours:  " + " > ".join(f"{labels[k]} ({means[k]:.1f})" for k in order) + "\n" in md
+    assert "No row of this suite has a paper number for AR1k" in md and "(56.3)" not in md
 
 
 def test_submitit_local_executor(tmp_path):
