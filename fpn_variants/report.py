@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .results import final_metrics, train_seconds_per_iter, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .results import final_metrics, final_train_loss, train_seconds_per_iter, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .suites import Suite
 
 __all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "row_costs", "write_report", "cli"]
@@ -65,7 +65,8 @@ def _sweep_manifest(sweep_dir: str) -> dict:
 def collect(sweep_dir: str) -> dict:
     """Every run of the sweep in ``sweep_dir``: ``{"suite": Suite, "seeds", "opts", "runs": [...]}``,
     each run ``{row, seed, status ("done" | "failed" | "running or not started"), seconds (wall time of
-    the last attempt), s_per_it (:func:`~fpn_variants.results.train_seconds_per_iter`), error,
+    the last attempt), s_per_it (:func:`~fpn_variants.results.train_seconds_per_iter`), train_loss
+    (:func:`~fpn_variants.results.final_train_loss`), error,
     metrics: {metric name: value}}`` with metrics read from the run's ``metrics.json``."""
     man = _sweep_manifest(sweep_dir)
     suite = Suite.from_dict(man["suite"])
@@ -82,7 +83,7 @@ def collect(sweep_dir: str) -> dict:
             vals = final_metrics(run_dir, [m.key for m in suite.metrics])
             runs.append(dict(
                 row=row.key, seed=seed, status=rec.get("status", "not finished"), seconds=rec.get("seconds"),
-                s_per_it=train_seconds_per_iter(run_dir),
+                s_per_it=train_seconds_per_iter(run_dir), train_loss=final_train_loss(run_dir),
                 error=rec.get("error"), metrics={m.name: vals[m.key] for m in suite.metrics if m.key in vals},
             ))
     return dict(suite=suite, seeds=man["seeds"], opts=man.get("opts", []), commands=man.get("commands", []), runs=runs)
@@ -185,10 +186,11 @@ def summarize(collected: dict) -> List[dict]:
             mean[m.name], std[m.name] = mu, sd
         secs = [r["seconds"] for r in done if r.get("seconds")]
         speeds = [r["s_per_it"] for r in done if r.get("s_per_it")]
+        loss, loss_sd, _ = _mean_std([r.get("train_loss") for r in done])
         out.append(dict(
             row=row.key, label=row.label, n_done=len(done), n_failed=sum(r["status"] == "failed" for r in runs),
             mean=mean, std=std, paper=dict(row.paper), seconds=sum(secs) / len(secs) if secs else None,
-            s_per_it=sum(speeds) / len(speeds) if speeds else None,
+            s_per_it=sum(speeds) / len(speeds) if speeds else None, train_loss=loss, train_loss_std=loss_sd,
             per_seed={r["seed"]: r["metrics"].get(suite.headline) for r in done},
         ))
     return out
@@ -262,12 +264,13 @@ def _csv(collected: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     names = [m.name for m in suite.metrics]
-    w.writerow(["suite", "row", "label", "seed", "status", "seconds", "train_s_per_it", *names, "error"])
+    w.writerow(["suite", "row", "label", "seed", "status", "seconds", "train_s_per_it", "train_loss", *names, "error"])
     labels = {r.key: r.label for r in suite.rows}
     for r in collected["runs"]:
         vals = [("" if r["metrics"].get(n) is None else repr(r["metrics"][n])) for n in names]
         w.writerow([suite.name, r["row"], labels[r["row"]], r["seed"], r["status"], r.get("seconds") or "",
-                    "" if r.get("s_per_it") is None else round(r["s_per_it"], 4), *vals,
+                    "" if r.get("s_per_it") is None else round(r["s_per_it"], 4),
+                    "" if r.get("train_loss") is None else round(r["train_loss"], 5), *vals,
                     r.get("error") or ""])
     return buf.getvalue()
 
@@ -329,8 +332,8 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
     costs = costs or {}
     img = next((c["image"] for c in costs.values() if "image" in c), "")
     cost_head = f" params (M) | GFLOPs ({img}) | latency (s) |" if costs else ""
-    L.append("| row | " + " | ".join(names) + f" |{cost_head} seeds done | train s / it |")
-    L.append("|---|" + "---|" * (len(names) + 2 + 3 * bool(costs)))
+    L.append("| row | " + " | ".join(names) + f" |{cost_head} seeds done | train s / it | final train loss |")
+    L.append("|---|" + "---|" * (len(names) + 3 + 3 * bool(costs)))
     for r in rows:
         cells = []
         for n in names:
@@ -345,11 +348,14 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
                            f"{c['gflops']:.2f}" if c.get("gflops") is not None else "—",
                            f"{c['latency_s']:.3f}" if c.get("latency_s") is not None else "—"])
         cost = f" {cost} |" if costs else ""
-        L.append(f"| {r['label']} | " + " | ".join(cells) + f" |{cost} {note} | {mins} |")
+        loss = "—" if r.get("train_loss") is None else _fmt(r["train_loss"], r.get("train_loss_std"), 3)
+        L.append(f"| {r['label']} | " + " | ".join(cells) + f" |{cost} {note} | {mins} | {loss} |")
     L.append("")
     speed = ("train s / it: median of Detectron2's logged iteration times over the run's attempts (so a resumed "
              "run keeps its training speed), mean over seeds, on the sweep's machine with its --jobs runs side by "
-             "side; wall seconds of each run's last attempt are in results.csv.")
+             "side; wall seconds of each run's last attempt are in results.csv. final train loss: Detectron2's "
+             "total_loss over the last 20 % of iterations, mean ± std over seeds (a row that trails the "
+             "baseline in accuracy with a higher loss had fitted less by the end of the schedule).")
     if costs:
         threads = next((c["threads"] for c in costs.values() if "threads" in c), "?")
         L.append("Costs: parameters, inference GFLOPs (fvcore, one multiply-add = 1 flop) and CPU latency (median of "

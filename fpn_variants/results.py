@@ -19,7 +19,7 @@ import os
 import tempfile
 from typing import Dict, Iterable, Optional, Tuple
 
-__all__ = ["read_metrics", "final_metrics", "train_seconds_per_iter", "last_iteration", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["read_metrics", "final_metrics", "train_seconds_per_iter", "final_train_loss", "last_iteration", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def read_metrics(path: str) -> Tuple[Dict[int, Dict[str, float]], int]:
@@ -85,6 +85,30 @@ def train_seconds_per_iter(run_dir: str) -> Optional[float]:
         return None
     n = len(times)
     return times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+
+
+def final_train_loss(run_dir: str, fraction: float = 0.2) -> Optional[float]:
+    """Mean of the ``total_loss`` values Detectron2 logged in ``run_dir/metrics.json`` (each a median
+    over its last 20 iterations) at iterations in the last ``fraction`` of training, i.e. at or after
+    ``(1 - fraction) * last logged training iteration``. A higher value than another row's at equal
+    schedule means that design had fitted the training set less by the end (under-fitting), as opposed
+    to fitting it as well and generalising worse. ``None`` without ``total_loss`` values.
+
+    Raises:
+        ValueError: ``fraction`` is not in (0, 1].
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    merged, _ = read_metrics(path)
+    losses = {it: d["total_loss"] for it, d in merged.items() if isinstance(d.get("total_loss"), (int, float))}
+    if not losses:
+        return None
+    start = (1 - fraction) * max(losses)
+    tail = [v for it, v in losses.items() if it >= start]
+    return sum(tail) / len(tail)
 
 
 def last_iteration(run_dir: str) -> Optional[int]:

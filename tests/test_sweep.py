@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 from fpn_variants.report import ranking_agreement, write_report
-from fpn_variants.results import final_metrics, read_metrics, train_seconds_per_iter
+from fpn_variants.results import final_metrics, final_train_loss, read_metrics, train_seconds_per_iter
 from fpn_variants.suites import SUITES, Metric, Row, Suite, config_root, get_suite
 from fpn_variants.sweep import plan_runs, run_status, run_sweep
 
@@ -79,6 +79,9 @@ def check_complete_sweep(out, suite, seeds):
     assert "| params (M) | GFLOPs (96x96) | latency (s) |" in md
     row = next(line for line in md.splitlines() if line.startswith("| (c) FPN |"))
     assert f"| {costs['c_fpn']['latency_s']:.3f} |" in row
+    losses = [final_train_loss(os.path.join(out, "c_fpn", f"seed{s}")) for s in seeds]
+    assert all(l > 0 for l in losses) and row.rsplit("|", 2)[1].strip().startswith(f"{sum(losses) / len(losses):.3f}")  # last column
+    assert [float(r["train_loss"]) for r in rows if r["row"] == "c_fpn"] == pytest.approx(losses, abs=1e-5)
     # the claims table puts each design's cost beside its gain: GFLOPs and latency over the baseline's
     claim = next(line for line in md.splitlines() if line.startswith("| (d) bottom-up | the top-down"))
     b, c = costs["d_bottom_up"], costs["c_fpn"]
@@ -117,7 +120,7 @@ def test_local_executor_two_rows_two_seeds(tmp_path):
     write_report(out, with_costs=False)
     md = open(os.path.join(out, "report.md")).read()
     assert "## Discussion\n\nBottom-up matches FPN here because trees need little semantics.\n" in md
-    assert "GFLOPs" not in md and "| AR100 | AR1k | seeds done | train s / it |" in md
+    assert "GFLOPs" not in md and "| AR100 | AR1k | seeds done | train s / it | final train loss |" in md
     # a row added to the suite since is accepted: it just has no runs yet
     from fpn_variants.sweep import _check_manifest
 
@@ -236,6 +239,21 @@ def test_training_speed_survives_resume_and_re_evaluation(tmp_path):
     (d / "metrics.json").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
     assert train_seconds_per_iter(str(d)) == 3.0  # median of 2.0, 5.0, 3.0
     assert train_seconds_per_iter(str(tmp_path / "nowhere")) is None
+
+
+def test_final_train_loss_averages_the_last_fifth_of_training(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    lines = [{"iteration": it, "total_loss": loss} for it, loss in ((19, 0.9), (99, 0.5), (159, 0.3), (179, 0.2), (199, 0.1))]
+    lines += [{"iteration": 179, "total_loss": 0.25},  # a resumed attempt re-logs 179: the later value counts
+              {"iteration": 200, "box_proposals/AR@1000": 41.0}]  # evaluation lines carry no loss
+    (d / "metrics.json").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    # lines at 179 and 199 cover iterations 160-199 (each a median over its 20); 159's covers 140-159
+    assert final_train_loss(str(d)) == pytest.approx((0.25 + 0.1) / 2)
+    assert final_train_loss(str(d), fraction=1.0) == pytest.approx((0.9 + 0.5 + 0.3 + 0.25 + 0.1) / 5)
+    assert final_train_loss(str(tmp_path / "nowhere")) is None
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 0"):
+        final_train_loss(str(d), fraction=0)
 
 
 def test_ranking_agreement_marks_swaps_within_seed_spread():
