@@ -383,7 +383,10 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
             L.append(f"| {c['label']} | {c['claim']} | {_fmt(c['mean'], c['std'])} | {diff} | {res} |{cost}")
         if costs:
             L += ["", "Cost vs baseline: the row's GFLOPs and CPU latency divided by the baseline's (table above); "
-                  "latencies are single measurements of a few milliseconds' difference, so ratios within ~5 % are noise."]
+                  "the latency is that of a randomly initialised model, whose RPN post-processing (NMS over its "
+                  "pre-NMS boxes) does more or less work depending on its weights, so models with identical "
+                  "convs can differ by ~20 % here; GFLOPs is the pyramid's own cost, and "
+                  "benchmarks/benchmark.py times the pyramids with shared weights."]
         L.append("")
     if discussion:
         L += ["## Discussion", "", discussion.strip(), ""]
