@@ -295,6 +295,12 @@ def _plot(path: str, suite: Suite, rows: List[dict], per_seed: Dict[str, Dict[in
                     [l.get_label() for l in ax.lines] else None)
         if r["n_done"] == 0:
             ax.text(i, 0, "failed" if r["n_failed"] else "not run", ha="center", va="bottom", color="crimson", fontsize=8)
+    base = next((r for r in rows if r["row"] == suite.baseline and r["mean"][h] is not None), None)
+    if base is not None:  # differences of a few points from the baseline are what a beyond suite is about
+        m, sd = base["mean"][h], base["std"][h] or 0.0
+        ax.axhline(m, color="0.3", ls="--", lw=1, label="baseline: mean ± std")
+        if sd:
+            ax.axhspan(m - sd, m + sd, color="0.5", alpha=0.15, lw=0)
     ax.set_xticks(list(xs))
     ax.set_xticklabels([r["label"] for r in rows], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(f"{h} (%)")
