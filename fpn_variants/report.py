@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .results import final_metrics, final_train_loss, train_seconds_per_iter, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .results import run_summary, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .suites import Suite
 
 __all__ = ["collect", "summarize", "ranking_agreement", "versus_baseline", "row_costs", "write_report", "cli"]
@@ -80,10 +80,11 @@ def collect(sweep_dir: str) -> dict:
                     rec = json.load(f)
             except (OSError, ValueError):
                 pass
-            vals = final_metrics(run_dir, [m.key for m in suite.metrics])
+            got = run_summary(run_dir, [m.key for m in suite.metrics])  # one read of metrics.json
+            vals = got["metrics"]
             runs.append(dict(
                 row=row.key, seed=seed, status=rec.get("status", "not finished"), seconds=rec.get("seconds"),
-                s_per_it=train_seconds_per_iter(run_dir), train_loss=final_train_loss(run_dir),
+                s_per_it=got["s_per_it"], train_loss=got["train_loss"],
                 error=rec.get("error"), metrics={m.name: vals[m.key] for m in suite.metrics if m.key in vals},
             ))
     return dict(suite=suite, seeds=man["seeds"], opts=man.get("opts", []), commands=man.get("commands", []), runs=runs)

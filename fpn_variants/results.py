@@ -19,7 +19,7 @@ import os
 import tempfile
 from typing import Dict, Iterable, Optional, Tuple
 
-__all__ = ["read_metrics", "final_metrics", "train_seconds_per_iter", "final_train_loss", "last_iteration", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["read_metrics", "final_metrics", "train_seconds_per_iter", "final_train_loss", "run_summary", "last_iteration", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def read_metrics(path: str) -> Tuple[Dict[int, Dict[str, float]], int]:
@@ -58,10 +58,11 @@ def final_metrics(run_dir: str, keys: Iterable[str]) -> Dict[str, float]:
     """The final value of each of ``keys`` in ``run_dir/metrics.json`` (its value at the highest
     iteration holding it); keys never logged are left out. NaN stays NaN (e.g. AP_l with no large
     objects). Returns ``{}`` if the file does not exist."""
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return {}
-    merged, _ = read_metrics(path)
+    merged = _merged(run_dir)
+    return {} if merged is None else _final_values(merged, keys)
+
+
+def _final_values(merged: Dict[int, Dict[str, float]], keys: Iterable[str]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for key in keys:
         its = [it for it, d in merged.items() if key in d]
@@ -76,10 +77,17 @@ def train_seconds_per_iter(run_dir: str) -> Optional[float]:
     ``time`` values Detectron2 logged in ``metrics.json`` (each itself a median over its last 20
     iterations), over every attempt of the run, so a resumed or re-evaluated run keeps the speed of
     its training. ``None`` without ``metrics.json`` or ``time`` values."""
+    merged = _merged(run_dir)
+    return None if merged is None else _seconds_per_iter(merged)
+
+
+def _merged(run_dir: str) -> Optional[Dict[int, Dict[str, float]]]:
+    """:func:`read_metrics` of ``run_dir/metrics.json``, or ``None`` if there is none."""
     path = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return None
-    merged, _ = read_metrics(path)
+    return read_metrics(path)[0] if os.path.isfile(path) else None
+
+
+def _seconds_per_iter(merged: Dict[int, Dict[str, float]]) -> Optional[float]:
     times = sorted(d["time"] for d in merged.values() if isinstance(d.get("time"), (int, float)))
     if not times:
         return None
@@ -99,16 +107,27 @@ def final_train_loss(run_dir: str, fraction: float = 0.2) -> Optional[float]:
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return None
-    merged, _ = read_metrics(path)
+    merged = _merged(run_dir)
+    return None if merged is None else _train_loss(merged, fraction)
+
+
+def _train_loss(merged: Dict[int, Dict[str, float]], fraction: float = 0.2) -> Optional[float]:
     losses = {it: d["total_loss"] for it, d in merged.items() if isinstance(d.get("total_loss"), (int, float))}
     if not losses:
         return None
     start = (1 - fraction) * max(losses)
     tail = [v for it, v in losses.items() if it >= start]
     return sum(tail) / len(tail)
+
+
+def run_summary(run_dir: str, keys: Iterable[str]) -> dict:
+    """``{"metrics": final_metrics, "s_per_it": train_seconds_per_iter, "train_loss": final_train_loss}``
+    of the run in ``run_dir``, reading its ``metrics.json`` once (values as those functions return,
+    ``{}`` / ``None`` without the file)."""
+    merged = _merged(run_dir)
+    if merged is None:
+        return dict(metrics={}, s_per_it=None, train_loss=None)
+    return dict(metrics=_final_values(merged, keys), s_per_it=_seconds_per_iter(merged), train_loss=_train_loss(merged))
 
 
 def last_iteration(run_dir: str) -> Optional[int]:

@@ -252,6 +252,12 @@ def test_final_train_loss_averages_the_last_fifth_of_training(tmp_path):
     assert final_train_loss(str(d)) == pytest.approx((0.25 + 0.1) / 2)
     assert final_train_loss(str(d), fraction=1.0) == pytest.approx((0.9 + 0.5 + 0.3 + 0.25 + 0.1) / 5)
     assert final_train_loss(str(tmp_path / "nowhere")) is None
+    # the report reads each metrics.json once, for the same values
+    from fpn_variants.results import run_summary
+
+    assert run_summary(str(d), ["box_proposals/AR@1000"]) == dict(
+        metrics={"box_proposals/AR@1000": 41.0}, s_per_it=None, train_loss=pytest.approx(0.175))
+    assert run_summary(str(tmp_path / "nowhere"), ["x"]) == dict(metrics={}, s_per_it=None, train_loss=None)
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 0"):
         final_train_loss(str(d), fraction=0)
 
