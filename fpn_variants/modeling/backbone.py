@@ -126,7 +126,8 @@ def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeatureP
     if missing:
         raise ValueError(
             f"MODEL.FPN.IN_FEATURES has {missing}, which the bottom-up pathway {name} does not output "
-            f"(it outputs {sorted(shapes)}; for ResNet set MODEL.RESNETS.OUT_FEATURES)"
+            f"(it outputs {sorted(shapes)}; set MODEL.RESNETS.OUT_FEATURES, or FPN_VARIANTS.TIMM.OUT_FEATURES for "
+            "build_timm_backbone)"
         )
     return FeaturePyramid(shapes, bottom_up=bottom_up, top_block=_top_block(cfg, shapes), **kwargs)
 
