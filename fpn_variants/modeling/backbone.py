@@ -149,7 +149,6 @@ for _preset in PRESETS:
 PYRAMID_BUILDERS = tuple(backbone_name(p) for p in PRESETS)
 
 
-@BACKBONE_REGISTRY.register()
 def build_bottom_up_backbone(cfg, input_shape: ShapeSpec):
     """The bottom-up pathway ``FPN_VARIANTS.BOTTOM_UP`` alone, without a pyramid: the backbone of the
     single-scale baselines (Table 1(a)/(b), 2(a)/(b), 3(a)/(b): RPN and RoIs on C4 or C5), so that one
@@ -167,3 +166,7 @@ def build_bottom_up_backbone(cfg, input_shape: ShapeSpec):
         raise ValueError(f"FPN_VARIANTS.BOTTOM_UP={name!r} builds a pyramid or itself; it must name a bottom-up "
                          "pathway such as build_resnet_backbone or build_timm_backbone")
     return BACKBONE_REGISTRY.get(name)(cfg, input_shape)
+
+
+if "build_bottom_up_backbone" not in BACKBONE_REGISTRY:  # registered once, also when the module is reloaded
+    BACKBONE_REGISTRY.register(build_bottom_up_backbone)

@@ -373,7 +373,6 @@ def _check_input_normalisation(cfg) -> None:
         )
 
 
-@BACKBONE_REGISTRY.register()
 def build_timm_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> TimmBottomUp:
     """Detectron2 builder of :class:`TimmBottomUp` from ``FPN_VARIANTS.TIMM.*`` (``MODEL_NAME``,
     ``WEIGHTS``, ``NORM``, ``OUT_FEATURES``) and ``MODEL.BACKBONE.FREEZE_AT``; use it as
@@ -385,3 +384,7 @@ def build_timm_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> TimmBot
     _check_input_normalisation(cfg)
     return TimmBottomUp(t.MODEL_NAME, timm_out_features(cfg), weights=t.WEIGHTS,
                         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, norm=t.NORM)
+
+
+if "build_timm_backbone" not in BACKBONE_REGISTRY:  # registered once, also when the module is reloaded
+    BACKBONE_REGISTRY.register(build_timm_backbone)
