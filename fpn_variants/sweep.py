@@ -218,6 +218,18 @@ def _reproduce_command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "fpn_variants.sweep", *(a for a in argv if a not in ("--no-report", "--dry-run"))])
 
 
+def _select_rows(suite: Suite, rows: Optional[Sequence[str]]) -> set:
+    """The row keys to run: ``rows``, checked against the suite's keys, or all of them."""
+    keys = [r.key for r in suite.rows]
+    if rows is None:
+        return set(keys)
+    unknown = [r for r in rows if r not in keys]
+    if unknown or not rows:
+        raise KeyError(f"--rows {list(rows)}: suite {suite.name!r} has no row {unknown or '(none given)'}; its rows: "
+                       f"{', '.join(keys)}")
+    return set(rows)
+
+
 def _check_manifest(output: str, suite: Suite, opts: Sequence[str], seeds: Sequence[int],
                     command: Optional[str]) -> List[int]:
     """Write ``sweep.json``; refuse to mix different overrides into one folder. Returns all seeds."""
@@ -269,7 +281,7 @@ class _Lock:
 def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", output: Optional[str] = None,
               opts: Sequence[str] = (), jobs: int = 1, threads: Optional[int] = None, num_gpus: int = 1,
               slurm: Optional[dict] = None, report: bool = True, keep_checkpoints: bool = False,
-              poll_s: float = 5.0, command: Optional[str] = None) -> List[dict]:
+              poll_s: float = 5.0, command: Optional[str] = None, rows: Optional[Sequence[str]] = None) -> List[dict]:
     """Run (or resume) every row x seed of ``suite`` and write the report.
 
     Args:
@@ -284,16 +296,21 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
         slurm: ``partition``, ``timeout_min``, ``cpus_per_run``, ``mem_gb`` for submitit.
         report: write the report (:func:`fpn_variants.report.write_report`) at the end.
         command: the command line to record in ``sweep.json`` (the CLI passes its own).
+        rows: run only these row keys (e.g. more seeds for the rows whose difference is within the
+            seed spread); ``None``: every row. The folder's manifest still holds the whole suite, and
+            the report every run in the folder.
 
     Returns:
         every run's record (``run.json``), in plan order.
 
     Raises:
-        KeyError: unknown suite name. ValueError: unknown executor, bad seeds / jobs / overrides, or an
-        output folder holding a sweep with other overrides. RuntimeError: another sweep holds the folder.
+        KeyError: unknown suite name or a row key the suite does not have (its keys listed).
+        ValueError: unknown executor, bad seeds / jobs / overrides, or an output folder holding a sweep
+        with other overrides. RuntimeError: another sweep holds the folder.
     """
     if isinstance(suite, str):
         suite = load_suite(suite)
+    selected = _select_rows(suite, rows)
     if executor not in EXECUTORS:
         raise ValueError(f"executor {executor!r} is not valid; valid: {', '.join(EXECUTORS)}")
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -313,7 +330,8 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
 
     with _Lock(output):
         _check_manifest(output, suite, opts, seeds, command)
-        specs = plan_runs(suite, seeds, output, opts, threads, num_gpus, keep_checkpoints)
+        specs = [sp for sp in plan_runs(suite, seeds, output, opts, threads, num_gpus, keep_checkpoints)
+                 if sp.row in selected]
         ex = _make_executor(executor, output, jobs, slurm)
         try:
             if suite.proposals:
@@ -481,6 +499,8 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", nargs="?", help="suite name (table1, table1-neon, table2, ..., see --list) or a suite .json file")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row (default 3)")
+    p.add_argument("--rows", nargs="+", metavar="KEY", help="run only these rows (e.g. more seeds where rows differ "
+                   "by less than their seed spread); the report still shows every run in the folder")
     p.add_argument("--executor", default="local", choices=EXECUTORS)
     p.add_argument("--output", help="sweep folder (default output/sweeps/SUITE)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once for local executors (default 1)")
@@ -508,14 +528,17 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         suite = load_suite(a.suite)
         if a.dry_run:
             output = a.output or os.path.join("output", "sweeps", suite.name)
+            selected = _select_rows(suite, a.rows)
             for s in plan_runs(suite, range(a.seeds), output, a.opts, a.threads, a.num_gpus):
+                if s.row not in selected:
+                    continue
                 st = (run_status(s.run_dir) or {}).get("status", "todo")
                 print(f"{st:7s} {shlex.join(s.command)}")
             return 0
         slurm = dict(partition=a.partition, timeout_min=a.timeout_min, cpus_per_run=a.cpus_per_run, mem_gb=a.mem_gb)
         records = run_sweep(suite, a.seeds, a.executor, a.output, a.opts, a.jobs, a.threads, a.num_gpus, slurm,
                             report=not a.no_report, keep_checkpoints=a.keep_checkpoints,
-                            command=_reproduce_command(argv if argv is not None else sys.argv[1:]))
+                            command=_reproduce_command(argv if argv is not None else sys.argv[1:]), rows=a.rows)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
         p.error(str(e.args[0]) if isinstance(e, KeyError) else str(e))
     failed = [r for r in records if not r or r.get("status") != "done"]
