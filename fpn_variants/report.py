@@ -72,7 +72,7 @@ def collect(sweep_dir: str) -> dict:
     suite = Suite.from_dict(man["suite"])
     runs = []
     for row in suite.rows:
-        for seed in man["seeds"]:
+        for seed in man.get("row_seeds", {}).get(row.key, man["seeds"]):  # the seeds asked for this row
             run_dir = os.path.join(sweep_dir, row.key, f"seed{seed}")
             rec = {}
             try:

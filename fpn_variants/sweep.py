@@ -230,9 +230,18 @@ def _select_rows(suite: Suite, rows: Optional[Sequence[str]]) -> set:
     return set(rows)
 
 
+def _seeds_run(output: str, manifest: dict) -> Dict[str, List[int]]:
+    """Seeds per row of a manifest written before ``row_seeds`` existed: those with a run folder."""
+    return {r["key"]: [k for k in manifest["seeds"] if os.path.isdir(os.path.join(output, r["key"], f"seed{k}"))]
+            for r in manifest["suite"]["rows"]}
+
+
 def _check_manifest(output: str, suite: Suite, opts: Sequence[str], seeds: Sequence[int],
-                    command: Optional[str]) -> List[int]:
-    """Write ``sweep.json``; refuse to mix different overrides into one folder. Returns all seeds."""
+                    command: Optional[str], rows: Optional[set] = None) -> List[int]:
+    """Write ``sweep.json``; refuse to mix different overrides into one folder. Returns all seeds.
+
+    ``row_seeds`` in the manifest: the seeds asked for each row over every call (``rows``: the rows of
+    this call), so that the report expects seed 2 only of the rows that were given 3 seeds."""
     path = os.path.join(output, MANIFEST)
     old = None
     if os.path.isfile(path):
@@ -255,10 +264,15 @@ def _check_manifest(output: str, suite: Suite, opts: Sequence[str], seeds: Seque
                     "settings must not be averaged together)."
                 )
     all_seeds = sorted(set(seeds) | set(old["seeds"] if old else ()))
+    row_seeds = dict(old.get("row_seeds") or _seeds_run(output, old)) if old else {}
+    for row in suite.rows:
+        asked = set(seeds) if rows is None or row.key in rows else set()
+        row_seeds[row.key] = sorted(set(row_seeds.get(row.key, ())) | asked)
     commands = list(old.get("commands", [])) if old else []
     if command and command not in commands:
         commands.append(command)
-    write_json_atomic(path, dict(suite=suite.to_dict(), seeds=all_seeds, opts=list(opts), commands=commands))
+    write_json_atomic(path, dict(suite=suite.to_dict(), seeds=all_seeds, opts=list(opts), commands=commands,
+                                 row_seeds=row_seeds))
     return all_seeds
 
 
@@ -329,7 +343,7 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
         slurm.setdefault("gpus_per_run", num_gpus if num_gpus > 1 else None)
 
     with _Lock(output):
-        _check_manifest(output, suite, opts, seeds, command)
+        _check_manifest(output, suite, opts, seeds, command, selected)
         specs = [sp for sp in plan_runs(suite, seeds, output, opts, threads, num_gpus, keep_checkpoints)
                  if sp.row in selected]
         ex = _make_executor(executor, output, jobs, slurm)

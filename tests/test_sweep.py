@@ -397,3 +397,20 @@ def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
     assert atomic.read_text() == "x"
     assert (atomic.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_more_seeds_for_some_rows_only(tmp_path):
+    """--rows: a second call adds seeds to one row; the other row keeps its runs, the report shows both."""
+    suite = tiny_suite("tiny_rows")
+    out = str(tmp_path / "sweep")
+    with pytest.raises(KeyError, match=r"has no row \['e_top_down'\]; its rows: c_fpn, d_bottom_up"):
+        run_sweep(suite, seeds=1, output=out, opts=TINY, rows=["e_top_down"])
+    assert not os.path.exists(os.path.join(out, "sweep.json"))
+    run_sweep(suite, seeds=1, output=out, opts=TINY, poll_s=0.5, report=False)
+    records = run_sweep(suite, seeds=2, output=out, opts=TINY, poll_s=0.5, rows=["c_fpn"])
+    assert [(r["row"], r["seed"]) for r in records] == [("c_fpn", 0), ("c_fpn", 1)]
+    assert not os.path.exists(os.path.join(out, "d_bottom_up", "seed1"))
+    runs = [(r["row"], r["seed"], r["status"]) for r in csv.DictReader(open(os.path.join(out, "results.csv")))]
+    assert runs == [("c_fpn", "0", "done"), ("c_fpn", "1", "done"), ("d_bottom_up", "0", "done")]
+    assert "Runs not done" not in open(os.path.join(out, "report.md")).read()  # d_bottom_up was never asked seed 1
+    assert json.load(open(os.path.join(out, "sweep.json")))["row_seeds"] == {"c_fpn": [0, 1], "d_bottom_up": [0]}
