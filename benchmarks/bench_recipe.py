@@ -3,7 +3,9 @@
 
 Every variant trains the same config (``--configs``, default the Table 3(c) and Table 1(c) NEON
 recipes) for ``--iters`` iterations on ``neon_trees_train`` and then evaluates on ``neon_trees_val``;
-only settings that leave the computation unchanged are varied (memory layout, data-loader workers):
+only settings that leave the computation unchanged are varied (memory layout, data-loader workers);
+with several ``--configs`` the table also gives each config against the first one (e.g. the pretrained
+recipe against the from-scratch demo), measured in the same round-robin:
 
 * ``before``: the recipe as configured;
 * ``channels_last``: ``FPN_VARIANTS.CHANNELS_LAST True`` (NHWC convolutions in oneDNN);
@@ -204,6 +206,10 @@ def main(argv=None):
             for k in ("train_s_per_it", "eval_s_per_img", "wall_s"):
                 row[k + "_ratio"] = row[k] / base[k] if row[k] and base[k] else None
             rows.append(row)
+    first = rows[0]  # the first config's `before`: compares recipes (configs) with each other, round-robin too
+    for row in rows:
+        for k in ("train_s_per_it", "eval_s_per_img", "wall_s"):
+            row[k + "_vs_first_config"] = row[k] / first[k] if row[k] and first[k] else None
     os.makedirs(a.out, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -229,6 +235,15 @@ def main(argv=None):
                 L.append(f"| {r['variant']} | {f('train_s_per_it', 3)} [{r['train_s_per_it_all']}] | "
                          f"{f('train_s_per_it_ratio', 3)} | {f('eval_s_per_img', 4)} | {f('eval_s_per_img_ratio', 3)} | "
                          f"{f('wall_s', 0)} | {f('wall_s_ratio', 3)} |")
+        L.append("")
+    if len(a.configs) > 1:
+        L += [f"## Configs against {a.configs[0]} (`before`)", "",
+              "| config | variant | train s / it ratio | eval s / img ratio | wall ratio |", "|---|---|---|---|---|"]
+        for r in rows:
+            def g(k):
+                return "—" if r[k] is None else f"{r[k]:.3f}"
+            L.append(f"| {r['config']} | {r['variant']} | {g('train_s_per_it_vs_first_config')} | "
+                     f"{g('eval_s_per_img_vs_first_config')} | {g('wall_s_vs_first_config')} |")
         L.append("")
     write_text_atomic(os.path.join(a.out, "recipe_speed.md"), "\n".join(L))
     print("\n".join(L))

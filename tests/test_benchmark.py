@@ -136,6 +136,24 @@ def test_recipe_variants_map_to_config_overrides_and_preloads(recipe, tmp_path, 
         recipe.variant_env("jemalloc")
 
 
+def test_recipe_compares_configs_with_the_first_one(recipe, tmp_path, monkeypatch):
+    """Several --configs: each is also given as a ratio to the first config's `before` (recipes compared
+    in the same round-robin), e.g. the pretrained demo against the from-scratch one."""
+    speed = {"NEON/faster_rcnn_R_18_FPN_cpu.yaml": 2.0, "NEON/faster_rcnn_lite2_FPN_cpu.yaml": 2.5}
+    calls = []
+
+    def fake_run_once(config, variant, iters, run_dir):
+        calls.append((config, variant))
+        return dict(train_s_per_it=speed[config], eval_s_per_img=speed[config] / 10, wall_s=100 * speed[config])
+
+    monkeypatch.setattr(recipe, "run_once", fake_run_once)
+    recipe.main(["--variants", "before", "--configs", *speed, "--rounds", "2", "--iters", "10", "--out", str(tmp_path)])
+    assert calls == [(c, "before") for c in speed] * 2  # round-robin over configs
+    md = (tmp_path / "recipe_speed.md").read_text()
+    assert "| NEON/faster_rcnn_lite2_FPN_cpu.yaml | before | 1.250 | 1.250 | 1.250 |" in md
+    assert "| NEON/faster_rcnn_R_18_FPN_cpu.yaml | before | 1.000 | 1.000 | 1.000 |" in md
+
+
 def test_recipe_log_parsing_reads_detectron2_timer_lines(recipe, tmp_path):
     log = tmp_path / "log.txt"
     log.write_text(
