@@ -354,7 +354,7 @@ def timm_out_features(cfg) -> List[str]:
 def _check_input_normalisation(cfg) -> None:
     """Warn when pretrained weights meet another input format / normalisation than they were trained on."""
     t = cfg.FPN_VARIANTS.TIMM
-    if t.WEIGHTS == "":
+    if t.WEIGHTS not in ("package", "timm"):  # random init, or a file whose training input is not known here
         return
     import timm
 
