@@ -257,6 +257,20 @@ def _stage(stride: int) -> int:
     return max(1, int(round(math.log2(stride))))
 
 
+def _apply_norm(module: nn.Module, norm: str) -> nn.Module:
+    """Every batch norm of ``module`` frozen (``FrozenBN``: timm's ``freeze_batch_norm_2d``, which keeps
+    the activation of ``BatchNormAct2d``), synchronised (``SyncBN``) or left to train (``BN``)."""
+    if norm == "FrozenBN":
+        from timm.layers import freeze_batch_norm_2d
+
+        return freeze_batch_norm_2d(module)
+    if norm == "SyncBN":
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(module)
+    return module
+
+
 class TimmBottomUp(Backbone):
     """A timm network as the bottom-up pathway: ``forward(x)`` with ``x`` (N, 3, H, W) returns
     ``{"res2": C2 (N, c2, ~H/4, ~W/4), ..., "res5": C5 (N, c5, ~H/32, ~W/32)}`` (the requested
@@ -296,14 +310,7 @@ class TimmBottomUp(Backbone):
         if not 0 <= freeze_at <= deepest:
             raise ValueError(f"MODEL.BACKBONE.FREEZE_AT={freeze_at} is not valid for {model_name} with outputs "
                              f"{out_features}: 0 (train all), 1 (stem) ... {deepest} (through res{deepest})")
-        if norm == "FrozenBN":
-            from timm.layers import freeze_batch_norm_2d
-
-            self.body = freeze_batch_norm_2d(self.body)
-        elif norm == "SyncBN":
-            from timm.layers import convert_sync_batchnorm
-
-            self.body = convert_sync_batchnorm(self.body)
+        self.body = _apply_norm(self.body, norm)
         frozen = [name for name, s in stages if s <= freeze_at]
         if frozen:
             from timm.utils.model import freeze
@@ -334,15 +341,7 @@ def timm_stage(model_name: str, weights: str, after: str = "res4", upto: str = "
     start = net.feature_info.module_name()[0].replace(".", "_")
     names = list(net.keys())
     head = nn.Sequential(OrderedDict((n, net[n]) for n in names[names.index(start) + 1:]))
-    if norm == "FrozenBN":
-        from timm.layers import freeze_batch_norm_2d
-
-        head = freeze_batch_norm_2d(head)
-    elif norm == "SyncBN":
-        from timm.layers import convert_sync_batchnorm
-
-        head = convert_sync_batchnorm(head)
-    return head, net.feature_info.channels()[-1]
+    return _apply_norm(head, norm), net.feature_info.channels()[-1]
 
 
 def timm_out_features(cfg) -> List[str]:
