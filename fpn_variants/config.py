@@ -186,11 +186,10 @@ def validate_config(cfg: CN) -> None:
     if fv.RESIDUAL_BOTTLENECK_CHANNELS < 0:
         raise ValueError(f"FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS={fv.RESIDUAL_BOTTLENECK_CHANNELS} must be >= 0 (0: d // 4)")
     if "build_timm_backbone" in (cfg.MODEL.BACKBONE.NAME, fv.BOTTOM_UP):
-        from .modeling.timm_backbone import TIMM_NORMS, check_timm_model_name
+        from .modeling.timm_backbone import check_timm_model_name, check_timm_norm
 
         check_timm_model_name(fv.TIMM.MODEL_NAME)
-        if fv.TIMM.NORM not in TIMM_NORMS:
-            raise ValueError(f"FPN_VARIANTS.TIMM.NORM={fv.TIMM.NORM!r} is not valid; valid values: {', '.join(TIMM_NORMS)}")
+        check_timm_norm(fv.TIMM.NORM)
     registered = set(DatasetCatalog.list())
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:

@@ -22,7 +22,7 @@ from .pyramid import FeaturePyramid
 
 __all__ = [
     "TOP_BLOCKS", "LastLevelP6FromC5", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg",
-    "check_backbone_name", "build_bottom_up_backbone", "PYRAMID_BUILDERS",
+    "check_backbone_name", "build_bottom_up_backbone", "PYRAMID_BUILDERS", "reads_bottom_up_key",
 ]
 
 TOP_BLOCKS = ("p6_subsample", "p6_c5", "p6p7_c5", "none")
@@ -149,6 +149,12 @@ for _preset in PRESETS:
 PYRAMID_BUILDERS = tuple(backbone_name(p) for p in PRESETS)
 
 
+def reads_bottom_up_key(name: str) -> bool:
+    """Whether the backbone builder ``name`` builds its bottom-up pathway from ``FPN_VARIANTS.BOTTOM_UP``
+    (every pyramid and ``build_bottom_up_backbone``) rather than being a bottom-up pathway itself."""
+    return name == "build_bottom_up_backbone" or name in PYRAMID_BUILDERS
+
+
 def build_bottom_up_backbone(cfg, input_shape: ShapeSpec):
     """The bottom-up pathway ``FPN_VARIANTS.BOTTOM_UP`` alone, without a pyramid: the backbone of the
     single-scale baselines (Table 1(a)/(b), 2(a)/(b), 3(a)/(b): RPN and RoIs on C4 or C5), so that one
@@ -162,7 +168,7 @@ def build_bottom_up_backbone(cfg, input_shape: ShapeSpec):
     """
     name = cfg.FPN_VARIANTS.BOTTOM_UP
     check_backbone_name(name)
-    if name == "build_bottom_up_backbone" or name in PYRAMID_BUILDERS:
+    if reads_bottom_up_key(name):
         raise ValueError(f"FPN_VARIANTS.BOTTOM_UP={name!r} builds a pyramid or itself; it must name a bottom-up "
                          "pathway such as build_resnet_backbone or build_timm_backbone")
     return BACKBONE_REGISTRY.get(name)(cfg, input_shape)

@@ -24,10 +24,10 @@ def bottom_up_builder(cfg) -> str:
     """The registered builder of the bottom-up pathway a config uses: ``MODEL.BACKBONE.NAME`` when it
     builds a bottom-up pathway itself (``build_resnet_backbone``, ``build_timm_backbone``), else
     ``FPN_VARIANTS.BOTTOM_UP`` (under a pyramid, or ``build_bottom_up_backbone``)."""
-    from .backbone import PYRAMID_BUILDERS
+    from .backbone import reads_bottom_up_key
 
     name = cfg.MODEL.BACKBONE.NAME
-    if name == "build_bottom_up_backbone" or name in PYRAMID_BUILDERS:
+    if reads_bottom_up_key(name):
         return cfg.FPN_VARIANTS.BOTTOM_UP
     return name
 

@@ -38,7 +38,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 __all__ = [
-    "PACKAGED_WEIGHTS", "TIMM_NORMS", "TimmBottomUp", "build_timm_backbone", "check_timm_model_name",
+    "PACKAGED_WEIGHTS", "TIMM_NORMS", "TimmBottomUp", "build_timm_backbone", "check_timm_model_name", "check_timm_norm",
     "create_timm_classifier", "load_weights", "packaged_state_dict", "timm_feature_net", "timm_stage",
 ]
 
@@ -60,6 +60,12 @@ PACKAGED_WEIGHTS: Dict[str, Tuple[str, str, str]] = {
 TIMM_NORMS = ("FrozenBN", "BN", "SyncBN")
 
 WEIGHT_SOURCES = ('"" (random init)', '"package"', '"timm"', "a state dict file path")
+
+
+def check_timm_norm(norm: str) -> None:
+    """Raise a ``ValueError`` naming ``norm`` and the valid :data:`TIMM_NORMS` if it is not one of them."""
+    if norm not in TIMM_NORMS:
+        raise ValueError(f"FPN_VARIANTS.TIMM.NORM={norm!r} is not valid; valid values: {', '.join(TIMM_NORMS)}")
 
 
 def check_timm_model_name(model_name: str) -> None:
@@ -295,8 +301,7 @@ class TimmBottomUp(Backbone):
     def __init__(self, model_name: str, out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
                  weights: str = "", freeze_at: int = 0, norm: str = "FrozenBN"):
         super().__init__()
-        if norm not in TIMM_NORMS:
-            raise ValueError(f"FPN_VARIANTS.TIMM.NORM={norm!r} is not valid; valid values: {', '.join(TIMM_NORMS)}")
+        check_timm_norm(norm)
         out_features = list(out_features)
         self.model_name = model_name
         classifier = create_timm_classifier(model_name, weights)
@@ -333,8 +338,7 @@ def timm_stage(model_name: str, weights: str, after: str = "res4", upto: str = "
         ValueError: ``after`` / ``upto`` the model cannot give, ``after`` not finer than ``upto``, an
             unknown ``norm``; see :func:`TimmBottomUp`.
     """
-    if norm not in TIMM_NORMS:
-        raise ValueError(f"FPN_VARIANTS.TIMM.NORM={norm!r} is not valid; valid values: {', '.join(TIMM_NORMS)}")
+    check_timm_norm(norm)
     if not int(after[3:]) < int(upto[3:]):
         raise ValueError(f"the head runs from {after} to {upto}: {after} must be finer than {upto}")
     net = timm_feature_net(create_timm_classifier(model_name, weights), model_name, [after, upto])
