@@ -3,7 +3,8 @@
 
 Every variant trains the same config (``--configs``, default the Table 3(c) and Table 1(c) NEON
 recipes) for ``--iters`` iterations on ``neon_trees_train`` and then evaluates on ``neon_trees_val``;
-only settings that leave the computation unchanged are varied (memory layout, data-loader workers);
+the settings varied leave the computation unchanged (memory layout, data-loader workers), except
+``bf16`` (mixed precision);
 with several ``--configs`` the table also gives each config against the first one (e.g. the pretrained
 recipe against the from-scratch demo), measured in the same round-robin:
 
@@ -15,6 +16,9 @@ recipe against the from-scratch demo), measured in the same round-robin:
   ``libjemalloc2`` / ``libtcmalloc-minimal4``);
 * ``iomp``: Intel's OpenMP runtime (PyPI ``intel-openmp``, ``libiomp5.so``) preloaded in place of
   GNU's, with ``KMP_BLOCKTIME=1``;
+* ``bf16``: ``SOLVER.AMP.ENABLED True``, i.e. bf16 autocast in training and evaluation on a CPU with
+  native bf16 (:mod:`fpn_variants.amp`; this one changes the arithmetic: its accuracy is measured by
+  seeds, README "Mixed precision");
 * ``jobs2``: two runs at once with one thread each, as ``fpn_variants.sweep --jobs 2`` runs a sweep
   (times are then machine time: per-run time / 2);
 * ``channels_last+workers0`` etc.: any ``+``-joined combination.
@@ -59,6 +63,7 @@ PARTS = {  # config overrides
     "workers0": ("DATALOADER.NUM_WORKERS", "0"),
     "workers2": ("DATALOADER.NUM_WORKERS", "2"),
     "jobs2": (),  # see variant_jobs
+    "bf16": ("SOLVER.AMP.ENABLED", "True"),
 }
 # environment of the train_net process: (library to preload, other variables)
 JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
@@ -217,7 +222,7 @@ def main(argv=None):
     w.writerows(rows)
     write_text_atomic(os.path.join(a.out, "recipe_speed.csv"), buf.getvalue())
     cmd = ".venv/bin/python benchmarks/bench_recipe.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    L = ["# NEON CPU recipe: speed-ups that leave the computation unchanged", "",
+    L = ["# NEON CPU recipe: speed-ups (all but `bf16` leave the computation unchanged)", "",
          f"Command: `{cmd.strip()}`; {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs. Each variant: {a.iters} "
          f"training iterations of the config on neon_trees_train + evaluation on neon_trees_val, {a.rounds} "
          "round(s) in round-robin order; median over rounds (all rounds in brackets); ratio to `before` "

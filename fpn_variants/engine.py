@@ -14,7 +14,10 @@
 * data-parallel training of a CPU model (``--num-gpus N MODEL.DEVICE cpu``, GLOO backend):
   Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]``, which
   ``DistributedDataParallel`` rejects for a CPU module; :class:`Trainer` passes ``device_ids=None``
-  for a CPU model and leaves GPU models to Detectron2 unchanged.
+  for a CPU model and leaves GPU models to Detectron2 unchanged;
+* mixed precision on the CPU (``SOLVER.AMP.ENABLED True``): bf16 autocast in training and in
+  evaluation (:mod:`fpn_variants.amp`); CUDA models train with Detectron2's ``AMPTrainer`` and are
+  evaluated under fp16 autocast.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
+from .amp import amp_trainer_in_detectron2, autocast_inference
 from .evaluation import ProposalRecallEvaluator
 from .safety import safe_pickle_in_detectron2
 
@@ -212,7 +216,7 @@ class Trainer(DefaultTrainer):
     and data-parallel training of CPU models (module docstring)."""
 
     def __init__(self, cfg):
-        with _ddp_for_cpu_models():
+        with _ddp_for_cpu_models(), amp_trainer_in_detectron2():
             super().__init__(cfg)
         self.checkpointer.add_checkpointable("rng", self._rng_for_hooks)
 
@@ -223,6 +227,13 @@ class Trainer(DefaultTrainer):
         if cfg.FPN_VARIANTS.CHANNELS_LAST:
             model.to(memory_format=torch.channels_last)
         return model
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's ``DefaultTrainer.test``; with ``SOLVER.AMP.ENABLED`` the model runs under
+        autocast (bf16 on CPU, fp16 on CUDA) and evaluators get fp32 outputs
+        (:func:`fpn_variants.amp.autocast_inference`)."""
+        return super().test(cfg, autocast_inference(model, cfg), evaluators=evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -11,7 +11,8 @@ For every dataset (default: ``DATASETS.TRAIN`` + ``DATASETS.TEST`` of the config
 array (R, 4) per image, XYXY in *original image* pixels, sorted by objectness), ``objectness_logits``
 (float32 (R,)), ``bbox_mode`` (``BoxMode.XYXY_ABS``) — what Detectron2 reads with
 ``MODEL.LOAD_PROPOSALS`` and ``DATASETS.PROPOSAL_FILES_TRAIN / _TEST`` (at most
-``RPN.POST_NMS_TOPK_TEST`` boxes per image). Files are written atomically; an existing file is kept
+``RPN.POST_NMS_TOPK_TEST`` boxes per image). With ``SOLVER.AMP.ENABLED`` the RPN runs under autocast,
+as in evaluation (:mod:`fpn_variants.amp`). Files are written atomically; an existing file is kept
 unless ``--force``. The paper's protocol (§5.2.1): every Fast R-CNN row of Table 2 uses the same
 proposals, those of the Table 1(c) RPN.
 """
@@ -52,6 +53,7 @@ def dump_proposals(cfg, output_dir: str, datasets: Optional[Sequence[str]] = Non
     from detectron2.structures import BoxMode
     from tqdm import tqdm
 
+    from .amp import autocast_inference
     from .engine import Trainer, is_proposal_only
     from .results import write_bytes_atomic
     from .safety import safe_pickle_in_detectron2
@@ -75,6 +77,7 @@ def dump_proposals(cfg, output_dir: str, datasets: Optional[Sequence[str]] = Non
             with safe_pickle_in_detectron2():
                 DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
             model.eval()
+            model = autocast_inference(model, cfg)  # SOLVER.AMP.ENABLED: as in training's evaluation
         ids, boxes, logits = [], [], []
         loader = Trainer.build_test_loader(cfg, name)
         with torch.inference_mode():
