@@ -84,6 +84,8 @@ class Setting:
     height: int
     width: int
     train_batch: Optional[int]  # None: the config's SOLVER.IMS_PER_BATCH
+    d: Optional[int] = None  # MODEL.FPN.OUT_CHANNELS; None: the config's
+    device: str = "cpu"  # MODEL.DEVICE
 
 
 SETTINGS: Dict[str, Setting] = {
@@ -112,8 +114,9 @@ MODELS = _models()
 
 def build_cfg(setting: Setting, model_key: str):
     stem, opts = MODELS[model_key]
+    d = () if setting.d is None else ("MODEL.FPN.OUT_CHANNELS", str(setting.d))
     cfg = load_config(os.path.join(REPO, "configs", setting.folder, f"{stem}.yaml"),
-                      ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+                      ["MODEL.DEVICE", setting.device, "MODEL.WEIGHTS", "", *d, *opts])
     return cfg
 
 
