@@ -8,9 +8,10 @@
    :class:`fpn_variants.amp.AutocastInference` — ``model([image])`` in eval mode, pre- and
    post-processing included, median over ``--repeats`` calls after ``--warmup`` calls, synchronised.
    Weights are random (shared with Detectron2's FPN, batch norm calibrated as in
-   ``benchmarks/benchmark.py``): a random RoI head scores every class near 1/81, below
-   ``ROI_HEADS.SCORE_THRESH_TEST`` 0.05, so post-processing keeps no box; the rows with threshold 0
-   send all 1000 x 80 boxes through NMS, an upper bound of a trained detector's post-processing.
+   ``benchmarks/benchmark.py``): a random RoI head scores most classes near 1/81, below
+   ``ROI_HEADS.SCORE_THRESH_TEST`` 0.05, so post-processing keeps 0-100 boxes depending on the
+   model; the rows with threshold 0 send all 1000 x 80 boxes through NMS, an upper bound of a
+   trained detector's post-processing.
 2. **Training and evaluation through ``train_net.py``** on the GPU, the path a user takes: the COCO
    Faster R-CNN config on NEON tiles (``DATASETS.TRAIN ("neon_trees_train",)``, 800 px,
    ``MODEL.WEIGHTS ""``, one class) for ``--train-iters`` iterations in fp32 and with
