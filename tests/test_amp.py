@@ -107,22 +107,26 @@ def test_trainer_builds_the_cpu_amp_trainer_and_evaluates_in_bf16(neon_root, tmp
 
 @needs_bf16
 def test_bf16_losses_match_fp32_on_the_same_batch(neon_root, tmp_path):
-    """The same weights and batch, RNG seeded alike: every loss under bf16 autocast within 5 % (RPN)
-    / 15 % (RoI head) of fp32's. The RoI head's tolerance is wider because bf16 (8-bit mantissa)
-    rounding reorders nearly tied objectness logits of a random-init RPN, so its sampled proposals
-    differ slightly; the RPN's losses see the same anchors and only the arithmetic differs."""
+    """The same weights and batch, RNG seeded alike: every loss under bf16 autocast within 1 % (RPN)
+    / 3 % (RoI head) of fp32's (measured: 0.0-0.1 % and 0.2-0.7 %). The RoI head's tolerance is wider
+    because bf16 (8-bit mantissa) rounding can reorder nearly tied objectness logits of a random-init
+    RPN, so its sampled proposals may differ; the RPN's losses see the same anchors and only the
+    arithmetic differs."""
+    from detectron2.utils.events import EventStorage
+
     cfg = neon_cfg(tmp_path)
     data = batch(cfg)
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    torch.manual_seed(1)
-    fp32 = {k: float(v) for k, v in model(data).items()}
-    torch.manual_seed(1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = {k: float(v) for k, v in model(data).items()}
+    with EventStorage(0):
+        torch.manual_seed(1)
+        fp32 = {k: float(v) for k, v in model(data).items()}
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = {k: float(v) for k, v in model(data).items()}
     assert set(fp32) == set(bf16) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
     for k in fp32:
-        tol = 0.05 if k.startswith("loss_rpn") else 0.15
+        tol = 0.01 if k.startswith("loss_rpn") else 0.03
         assert bf16[k] == pytest.approx(fp32[k], rel=tol), (k, fp32, bf16)
     assert bf16 != fp32  # bf16 did run: the arithmetic differs in the last digits
 
