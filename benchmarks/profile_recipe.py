@@ -14,7 +14,8 @@ Writes ``recipe_profile.md`` (atomically) under ``--out``: seconds per iteration
 for every family and for the top operators, self CPU seconds per iteration and share of the total.
 Threads: PyTorch's default (all cores) unless ``OMP_NUM_THREADS`` is set. The profile explains which
 recipe changes can help at all: a step dominated by oneDNN convolutions gains nothing from the data
-loader or the allocator.
+loader or the allocator. With ``SOLVER.AMP.ENABLED True`` the forward pass runs under bf16 autocast, as
+``fpn_variants.amp.CPUAMPTrainer`` runs it.
 
 Errors: a config that does not exist under ``configs/`` exits naming it; ``--steps`` / ``--warmup``
 below 1 / 0 exit naming the value.
@@ -44,6 +45,9 @@ FAMILIES = (
     ("_slow_conv2d_forward", "convolution forward"),
     ("roi_align", "RoIAlign (forward + backward)"),
     ("batch_norm", "batch norm (forward + backward)"),
+    ("group_norm", "group norm (forward + backward)"),
+    ("_to_copy", "dtype casts and copies"),
+    ("aten::copy_", "dtype casts and copies"),
     ("max_pool2d", "max pool (stem)"),
     ("nms", "NMS"),
     ("aten::mm", "matmul (box head fc)"),
@@ -66,6 +70,7 @@ def profile_steps(config: str, opts, steps: int, warmup: int):
     from detectron2.utils.events import EventStorage
     from torch.profiler import ProfilerActivity, profile
 
+    from fpn_variants.amp import amp_dtype
     from fpn_variants.config import load_config
     from fpn_variants.engine import Trainer
 
@@ -76,9 +81,11 @@ def profile_steps(config: str, opts, steps: int, warmup: int):
     loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(warmup + steps)]
     model.train()
+    dtype = amp_dtype("cpu", cfg.SOLVER.AMP.ENABLED)  # SOLVER.AMP.ENABLED True: bf16 autocast, as CPUAMPTrainer
 
     def step(batch):
-        loss = sum(model(batch).values())
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = sum(model(batch).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -83,6 +83,33 @@ def test_prepared_dataset_is_disjoint_and_registered(neon_root):
     assert MetadataCatalog.get("neon_trees_val").thing_classes == ["tree"]
 
 
+def test_region_folds_put_every_tile_in_val_exactly_once(neon_root):
+    """Fold j: val = tiles with k % 4 == j. Over the 4 folds every tile (and tree) is in val once;
+    within a fold train and val are disjoint and cover every tile; fold 3 is the default split."""
+    def load(split, fold):
+        return {d["file_name"]: len(d["annotations"]) for d in DatasetCatalog.get(neon.dataset_name(split, fold))}
+
+    default_val, default_train = load("val", None), load("train", None)
+    all_tiles = {**default_train, **default_val}
+    seen_val = {}
+    for fold in range(neon.FOLDS):
+        train, val = load("train", fold), load("val", fold)
+        assert not set(train) & set(val) and {**train, **val} == all_tiles, fold
+        for f in val:
+            assert f not in seen_val, f"{f} in val of folds {seen_val.get(f)} and {fold}"
+            seen_val[f] = fold
+        for src in neon.SOURCE_IMAGES:  # every fold splits every source image by region
+            assert any(f.startswith(os.path.join(neon_root, "images", src)) for f in val), (fold, src)
+    assert set(seen_val) == set(all_tiles)
+    assert sum(all_tiles.values()) == 861  # every tree is in val once over the folds (224 in one split)
+    assert load("val", 3) == default_val and load("train", 3) == default_train
+    assert MetadataCatalog.get("neon_trees_val_f3").json_file == MetadataCatalog.get("neon_trees_val").json_file
+    with pytest.raises(ValueError, match=r"fold=4 is not valid; valid: 0..3"):
+        neon.dataset_name("val", 4)
+    with pytest.raises(ValueError, match=r"fold=-1 is not valid"):
+        neon.load_neon_trees("val", neon_root, fold=-1)
+
+
 def test_prepare_is_idempotent(neon_root):
     path = os.path.join(neon_root, "annotations", "neon_trees_train.json")
     before = os.stat(path).st_mtime_ns

@@ -16,10 +16,16 @@ SOAP_061                                   400 x 400    37     Alive / Dead
 non-overlapping ``tile_size`` × ``tile_size`` tiles at native resolution (the remainder strip at the
 right / bottom edge, narrower than a tile, is dropped) and splits **by region inside every image**:
 in each image, tiles are numbered in raster order and every 4th (``k % 4 == 3``) goes to val, the
-rest to train. No pixel is in both splits. A box cut by a tile border is clipped to the tile and
+rest to train (region fold 3). No pixel is in both splits. A box cut by a tile border is clipped to the tile and
 kept if at least ``min_visible`` (default 0.5) of its area lies inside, else dropped. All labels
 map to one class, ``tree``. Images are written as PNG; annotations as COCO json (``bbox`` in XYWH
 pixels, ``area`` = w·h, ``iscrowd`` 0), written atomically.
+
+**Region folds** (cross-validation over regions): fold ``j`` (0..3) puts the tiles with ``k % 4 == j``
+in val and the rest in train, so over the four folds every tile is in val exactly once (861 trees
+in all against 224 in one val split). Fold 3 is the default split above (the same json files); the
+others are registered as ``neon_trees_train_f{j}`` / ``neon_trees_val_f{j}`` (and ``..._f3`` names
+the default files), for a sweep row to override ``DATASETS.TRAIN`` / ``DATASETS.TEST`` with.
 
 Why this split: splitting *by image* (train on one image, validate on the others) was measured to
 memorise the training image (REFERENCE.md §3: val AP 2.2 with train AP 75.9).
@@ -57,6 +63,9 @@ __all__ = [
     "fetch_wheel",
     "read_voc",
     "tile_annotations",
+    "FOLDS",
+    "DEFAULT_FOLD",
+    "dataset_name",
     "prepare",
     "load_neon_trees",
     "register_neon_trees",
@@ -70,10 +79,31 @@ SOURCE_IMAGES = (
     "SOAP_061",
 )
 SPLITS = ("train", "val")
+FOLDS = 4  # region folds: val = tiles with k % FOLDS == fold
+DEFAULT_FOLD = 3  # neon_trees_train / neon_trees_val
 CLASSES = ["tree"]
 DEFAULT_TILE_SIZE = 200
 DEFAULT_MIN_VISIBLE = 0.5
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the region folds' json files
+
+
+def dataset_name(split: str, fold: Optional[int] = None) -> str:
+    """The registered name of ``split`` in region ``fold``: ``neon_trees_val`` (fold None),
+    ``neon_trees_val_f0`` ... ``neon_trees_val_f3`` (fold 3 = the default split's files).
+
+    Raises:
+        ValueError: unknown ``split`` or ``fold`` not in 0..3.
+    """
+    _check_split_fold(split, DEFAULT_FOLD if fold is None else fold)
+    return f"neon_trees_{split}" if fold is None else f"neon_trees_{split}_f{fold}"
+
+
+def _check_split_fold(split: str, fold: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not valid; valid: {', '.join(SPLITS)}")
+    if not isinstance(fold, int) or not 0 <= fold < FOLDS:
+        raise ValueError(f"fold={fold!r} is not valid; valid: 0..{FOLDS - 1} (val = tiles with k % {FOLDS} == fold; "
+                         f"{DEFAULT_FOLD} is the default split)")
 
 
 def default_root() -> str:
@@ -177,15 +207,19 @@ def tile_annotations(
             clipped[:, 1::2] = (clipped[:, 1::2] - y0).clip(0, tile_size)
             vis = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
             keep = (areas > 0) & (vis > 0) & (vis >= min_visible * areas)
-            split = "val" if k % 4 == 3 else "train"
+            split = "val" if k % FOLDS == DEFAULT_FOLD else "train"
             tiles.append(Tile(source, k, x0, y0, tile_size, split, clipped[keep]))
             k += 1
     return tiles
 
 
-def _coco_json(tiles: Sequence[Tile], split: str) -> dict:
+def _in_split(t: Tile, split: str, fold: int) -> bool:
+    return (t.index % FOLDS == fold) == (split == "val")
+
+
+def _coco_json(tiles: Sequence[Tile], split: str, fold: int = DEFAULT_FOLD) -> dict:
     images, annotations = [], []
-    for image_id, t in enumerate((t for t in tiles if t.split == split), start=1):
+    for image_id, t in enumerate((t for t in tiles if _in_split(t, split, fold)), start=1):
         images.append({"id": image_id, "file_name": t.file_name, "width": t.size, "height": t.size})
         for b in t.boxes:
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
@@ -210,8 +244,14 @@ def _coco_json(tiles: Sequence[Tile], split: str) -> dict:
     }
 
 
-def _json_path(root: str, split: str) -> str:
-    return os.path.join(root, "annotations", f"neon_trees_{split}.json")
+def _json_path(root: str, split: str, fold: int = DEFAULT_FOLD) -> str:
+    """The json of ``split`` in region ``fold``; the default fold's are ``neon_trees_{split}.json``."""
+    name = f"neon_trees_{split}" if fold == DEFAULT_FOLD else f"neon_trees_{split}_f{fold}"
+    return os.path.join(root, "annotations", f"{name}.json")
+
+
+def _all_json_paths(root: str) -> List[str]:
+    return [_json_path(root, s, j) for j in range(FOLDS) for s in SPLITS]
 
 
 def _manifest(tile_size: int, min_visible: float) -> dict:
@@ -225,7 +265,8 @@ def prepare(
     cache_dir: Optional[str] = None,
     wheel: Optional[str] = None,
 ) -> Dict[str, str]:
-    """Create ``root/images/*.png`` and ``root/annotations/neon_trees_{train,val}.json``.
+    """Create ``root/images/*.png``, ``root/annotations/neon_trees_{train,val}.json`` and the other
+    region folds' ``neon_trees_{train,val}_f{0,1,2}.json``.
 
     Idempotent: if the files exist for the same settings (``root/manifest.json``), nothing is done.
     Returns ``{split: json path}``.
@@ -252,7 +293,7 @@ def prepare(
                 have = json.load(f)
         except (OSError, ValueError):
             have = None
-        if have == want and all(os.path.isfile(_json_path(root, s)) for s in SPLITS):
+        if have == want and all(os.path.isfile(p) for p in _all_json_paths(root)):
             logger.info("NEON trees already prepared in %s", root)
             return {s: _json_path(root, s) for s in SPLITS}
 
@@ -287,29 +328,30 @@ def prepare(
             logger.info("%s: %dx%d, %d boxes -> %d tiles", src, width, height, len(boxes), len(tiles))
 
     out = {}
-    for split in SPLITS:
-        data = _coco_json(all_tiles, split)
-        write_bytes_atomic(_json_path(root, split), json.dumps(data).encode())
-        out[split] = _json_path(root, split)
-        logger.info("neon_trees_%s: %d tiles, %d boxes", split, len(data["images"]), len(data["annotations"]))
+    for fold in range(FOLDS):
+        for split in SPLITS:
+            data = _coco_json(all_tiles, split, fold)
+            write_bytes_atomic(_json_path(root, split, fold), json.dumps(data).encode())
+            if fold == DEFAULT_FOLD:
+                out[split] = _json_path(root, split)
+            logger.info("%s: %d tiles, %d boxes", dataset_name(split, fold), len(data["images"]), len(data["annotations"]))
     write_bytes_atomic(manifest_path, json.dumps(want, indent=1).encode())
     return out
 
 
-def load_neon_trees(split: str, root: Optional[str] = None) -> List[dict]:
-    """Load a prepared split as Detectron2 dataset dicts (via ``load_coco_json``).
+def load_neon_trees(split: str, root: Optional[str] = None, fold: int = DEFAULT_FOLD) -> List[dict]:
+    """Load a prepared split of region ``fold`` as Detectron2 dataset dicts (via ``load_coco_json``).
 
     Raises:
-        ValueError: unknown ``split``.
+        ValueError: unknown ``split`` or ``fold``.
         FileNotFoundError: the json or an image is missing (message says how to create them).
         ValueError: the json is corrupt or truncated.
     """
     from detectron2.data.datasets import load_coco_json
 
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not valid; valid: {', '.join(SPLITS)}")
+    _check_split_fold(split, fold)
     root = root or default_root()
-    path = _json_path(root, split)
+    path = _json_path(root, split, fold)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} does not exist: create the NEON tree-crown dataset with `make data` "
@@ -320,7 +362,7 @@ def load_neon_trees(split: str, root: Optional[str] = None) -> List[dict]:
             json.load(f)
     except ValueError as e:
         raise ValueError(f"{path} is corrupt or truncated ({e}); delete {root} and run `make data` again") from e
-    dicts = load_coco_json(path, os.path.join(root, "images"), f"neon_trees_{split}")
+    dicts = load_coco_json(path, os.path.join(root, "images"), dataset_name(split, None if fold == DEFAULT_FOLD else fold))
     for d in dicts:
         if not os.path.isfile(d["file_name"]):
             raise FileNotFoundError(f"image {d['file_name']} listed in {path} is missing; run `make data` again")
@@ -328,22 +370,25 @@ def load_neon_trees(split: str, root: Optional[str] = None) -> List[dict]:
 
 
 def register_neon_trees(root: Optional[str] = None) -> None:
-    """Register ``neon_trees_train`` / ``neon_trees_val`` (one class, ``tree``; evaluator ``coco``)
-    in Detectron2's catalogs; files are read only when a dataset is used. Re-registering is a no-op."""
+    """Register ``neon_trees_train`` / ``neon_trees_val`` and the region folds'
+    ``neon_trees_{train,val}_f{0..3}`` (one class, ``tree``; evaluator ``coco``) in Detectron2's
+    catalogs; files are read only when a dataset is used. Re-registering is a no-op."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     root = root or default_root()
-    for split in SPLITS:
-        name = f"neon_trees_{split}"
-        if name in DatasetCatalog.list():
-            continue
-        DatasetCatalog.register(name, lambda split=split: load_neon_trees(split, root))
-        MetadataCatalog.get(name).set(
-            thing_classes=list(CLASSES),
-            json_file=_json_path(root, split),
-            image_root=os.path.join(root, "images"),
-            evaluator_type="coco",
-        )
+    for fold in (None, *range(FOLDS)):
+        for split in SPLITS:
+            name = dataset_name(split, fold)
+            if name in DatasetCatalog.list():
+                continue
+            f = DEFAULT_FOLD if fold is None else fold
+            DatasetCatalog.register(name, lambda split=split, f=f: load_neon_trees(split, root, f))
+            MetadataCatalog.get(name).set(
+                thing_classes=list(CLASSES),
+                json_file=_json_path(root, split, f),
+                image_root=os.path.join(root, "images"),
+                evaluator_type="coco",
+            )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
