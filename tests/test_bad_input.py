@@ -115,3 +115,48 @@ def test_non_finite_loss_stops_training_with_the_iteration(tmp_path):
     assert ("FloatingPointError: Predicted boxes or scores contain Inf/NaN. Training has diverged." in out
             or "FloatingPointError: Loss became infinite or NaN at iteration=" in out)
     assert not os.path.exists(os.path.join(tmp_path, "model_final.pth"))
+
+
+@pytest.mark.parametrize("d", [32, 64, 96])
+def test_residual_laterals_with_gn_and_a_bottleneck_gn_cannot_group_fail_at_build(d):
+    """The residual preset's bottleneck is d // 4: with GN (32 groups) and d = 32 / 64 / 96 it is
+    8 / 16 / 24 channels, which torch's GroupNorm rejects deep inside; the pyramid names it at build."""
+    cfg = small_cfg("build_fpn_residual_backbone", d=d)
+    cfg.MODEL.FPN.NORM = "GN"
+    with pytest.raises(ValueError, match=rf"bottleneck width is {d // 4} \(d // 4 with d = {d}\), not a multiple of 32"):
+        build_model(cfg)
+    cfg.FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS = 32  # the remedy the message names
+    assert build_model(cfg) is not None
+
+
+def test_top_block_follows_the_coarsest_level_of_in_features():
+    """IN_FEATURES res2..res4 with the default top block (the paper's P6 = subsampled coarsest level)
+    builds P2..P5 with P5 subsampled from P4, instead of failing at the first forward."""
+    import torch
+
+    cfg = small_cfg()
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4"]
+    from detectron2.modeling import build_backbone
+
+    backbone = build_backbone(cfg)
+    shapes = backbone.output_shape()
+    assert {k: v.stride for k, v in shapes.items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+    out = backbone(torch.zeros(1, 3, 64, 96))
+    assert out["p5"].shape[-2:] == (2, 3) and torch.equal(out["p5"], out["p4"][..., ::2, ::2])
+
+
+def test_top_block_at_another_stride_or_missing_input_fails_at_build():
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+    from fpn_variants.modeling.pyramid import FeaturePyramid
+
+    shapes = {f"res{k}": ShapeSpec(channels=8, stride=2**k) for k in (2, 3, 4, 5)}
+    with pytest.raises(ValueError, match=r"top block input 'p5' is neither a bottom-up map .* nor a pyramid level "
+                                         r"\(p2, p3, p4\)"):
+        FeaturePyramid(shapes, ["res2", "res3", "res4"], 8, top_block=LastLevelMaxPool())
+    top = LastLevelMaxPool()
+    top.in_feature = "res4"
+    with pytest.raises(ValueError, match=r"top block input 'res4' has stride 16 but the coarsest level .* stride 32"):
+        FeaturePyramid(shapes, ["res2", "res3", "res4", "res5"], 8, top_block=top)

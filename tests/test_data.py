@@ -1,5 +1,6 @@
 """The NEON tree-crown data step: VOC parsing, tiling and split, COCO json, registration, errors."""
 import json
+import re
 import os
 
 import numpy as np
@@ -117,9 +118,17 @@ def test_prepare_is_idempotent(neon_root):
     assert os.stat(path).st_mtime_ns == before
 
 
-def test_missing_and_corrupt_files_give_clear_errors(tmp_path):
+def test_missing_and_corrupt_files_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="make data"):
         neon.load_neon_trees("train", str(tmp_path))
+    # run from another directory: the message names the working directory and the variable
+    monkeypatch.delenv("FPN_VARIANTS_DATASETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"working directory {re.escape(str(tmp_path))}.*FPN_VARIANTS_DATASETS"):
+        neon.load_neon_trees("train")
+    monkeypatch.setenv("FPN_VARIANTS_DATASETS", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match=r"\$FPN_VARIANTS_DATASETS=.*elsewhere"):
+        neon.load_neon_trees("train")
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "neon_trees_val.json").write_text('{"images": [{"id": 1, "file_na')
     with pytest.raises(ValueError, match="corrupt or truncated"):

@@ -353,8 +353,12 @@ def load_neon_trees(split: str, root: Optional[str] = None, fold: int = DEFAULT_
     root = root or default_root()
     path = _json_path(root, split, fold)
     if not os.path.isfile(path):
+        where = ("$FPN_VARIANTS_DATASETS=" + os.environ["FPN_VARIANTS_DATASETS"]) if "FPN_VARIANTS_DATASETS" in os.environ \
+            else f"./datasets of the working directory {os.getcwd()} ($FPN_VARIANTS_DATASETS is unset)"
         raise FileNotFoundError(
-            f"{path} does not exist: create the NEON tree-crown dataset with `make data` "
+            f"{os.path.abspath(path)} does not exist: the NEON data is looked for under {where}. If it was "
+            f"prepared elsewhere (e.g. by `make data` in the repository), run from there or set "
+            f"FPN_VARIANTS_DATASETS to the folder holding neon_trees/; else create it with `make data` "
             f"(python -m fpn_variants.data.neon --root {root})"
         )
     try:

@@ -7,6 +7,7 @@ and returns a :class:`~fpn_variants.modeling.pyramid.FeaturePyramid` whose outpu
 into Detectron2's stock ``RPN``, ``StandardROIHeads``, ``GeneralizedRCNN`` and ``ProposalNetwork``.
 """
 import difflib
+import math
 import logging
 from typing import Dict
 
@@ -63,7 +64,12 @@ def check_backbone_name(name: str) -> None:
 def _top_block(cfg, bottom_up_shapes: Dict[str, ShapeSpec]):
     kind = cfg.FPN_VARIANTS.TOP_BLOCK
     if kind == "p6_subsample":
-        return LastLevelMaxPool()
+        # the paper's P6: stride-2 subsampling of the coarsest level (P5 for C2..C5, P4 for C2..C4)
+        top = LastLevelMaxPool()
+        last = cfg.MODEL.FPN.IN_FEATURES[-1]
+        if last in bottom_up_shapes:
+            top.in_feature = f"p{int(math.log2(bottom_up_shapes[last].stride))}"
+        return top
     if kind == "p6_c5":
         last = cfg.MODEL.FPN.IN_FEATURES[-1]
         return LastLevelP6FromC5(bottom_up_shapes[last].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last)

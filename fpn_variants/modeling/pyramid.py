@@ -155,7 +155,8 @@ def build_lateral(
             inner ReLUs and an unrectified sum).
 
     Raises:
-        ValueError: unknown ``kind``, ``residual_blocks < 1`` or non-positive channel counts.
+        ValueError: unknown ``kind``, ``residual_blocks < 1``, non-positive channel counts, or GN
+            with a bottleneck width that is not a multiple of 32 (GN's 32 groups).
     """
     _check_choice("lateral", kind, LATERAL_TYPES)
     if kind == "conv1x1":
@@ -163,6 +164,11 @@ def build_lateral(
     if residual_blocks < 1:
         raise ValueError(f"residual_blocks={residual_blocks} must be >= 1 for lateral='residual'")
     width = bottleneck_channels if bottleneck_channels else max(out_channels // 4, 1)
+    if norm == "GN" and width % 32:
+        raise ValueError(
+            f"norm='GN' uses 32 groups, but the residual laterals' bottleneck width is {width} "
+            f"({'bottleneck_channels' if bottleneck_channels else f'd // 4 with d = {out_channels}'}), not a multiple of 32: "
+            "use d a multiple of 128, or FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS a multiple of 32")
     blocks = [ResidualBottleneck(in_channels, out_channels, width, norm)]
     blocks += [ResidualBottleneck(out_channels, out_channels, width, norm) for _ in range(residual_blocks - 1)]
     return nn.Sequential(*blocks)
@@ -378,7 +384,9 @@ class FeaturePyramid(Backbone):
     Raises:
         ValueError: a name not in ``input_shapes``, strides not log2-contiguous or not increasing,
             ``out_channels <= 0``, an unknown op name, a top-down path whose coarsest level has no
-            lateral, or a level with neither a lateral nor a path reaching it.
+            lateral, a level with neither a lateral nor a path reaching it, a top block whose input is
+            neither a bottom-up map nor a pyramid level or is not at the coarsest level's stride, or GN
+            residual laterals whose bottleneck width is not a multiple of 32.
     """
 
     def __init__(
@@ -482,6 +490,18 @@ class FeaturePyramid(Backbone):
 
         self._out_feature_strides = {f"p{s}": 2**s for s in stages}
         if top_block is not None:
+            src = top_block.in_feature
+            src_stride = input_shapes[src].stride if src in input_shapes else self._out_feature_strides.get(src)
+            if src_stride is None:
+                raise ValueError(
+                    f"top block input {src!r} is neither a bottom-up map ({', '.join(sorted(input_shapes))}) nor a "
+                    f"pyramid level ({', '.join(self._out_feature_strides)}) of in_features {in_features}; give it the "
+                    "coarsest level (FPN_VARIANTS.TOP_BLOCK p6_subsample / p6_c5 do) or no top block ('none')")
+            if src_stride != strides[-1]:
+                raise ValueError(
+                    f"top block input {src!r} has stride {src_stride} but the coarsest level of in_features {in_features} "
+                    f"has stride {strides[-1]}: its outputs would be named p{stages[-1] + 1}.. with the wrong strides; "
+                    "give it the coarsest level")
             last = stages[-1]
             for s in range(last + 1, last + 1 + top_block.num_levels):
                 self._out_feature_strides[f"p{s}"] = 2**s
