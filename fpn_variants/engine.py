@@ -35,7 +35,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
-from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
@@ -43,8 +43,8 @@ from .amp import amp_trainer_in_detectron2, autocast_inference
 from .evaluation import ProposalRecallEvaluator
 from .safety import safe_pickle_in_detectron2
 
-__all__ = ["build_augmentation", "is_proposal_only", "load_weights_for_eval", "Trainer", "TqdmProgress", "RNGState",
-           "ExactResume"]
+__all__ = ["build_augmentation", "is_proposal_only", "load_weights_for_eval", "Predictor", "Trainer", "TqdmProgress",
+           "RNGState", "ExactResume"]
 
 
 def is_proposal_only(cfg: CfgNode) -> bool:
@@ -209,6 +209,33 @@ def load_weights_for_eval(model, cfg: CfgNode, resume: bool = False) -> str:
             f"d={cfg.MODEL.FPN.OUT_CHANNELS}): " + "; ".join(problems) + ". Was it trained with another variant or config?"
         )
     return path
+
+
+class Predictor(DefaultPredictor):
+    """Detectron2's ``DefaultPredictor`` (one BGR / RGB ``(H, W, 3)`` uint8 image in, ``{"instances":
+    Instances}`` in original-image pixels out) with two differences:
+
+    * ``MODEL.WEIGHTS`` must hold every parameter of the model (:func:`load_weights_for_eval`):
+      Detectron2's predictor loads what fits and only logs the rest, so a Detectron2 FPN checkpoint
+      put into a PANet / BiFPN / residual model would predict with random pyramid weights;
+    * with ``SOLVER.AMP.ENABLED`` the model runs under autocast, as in evaluation
+      (:func:`fpn_variants.amp.autocast_inference`).
+
+    Raises:
+        ValueError: empty ``MODEL.WEIGHTS`` or a checkpoint that does not fit (keys listed).
+    """
+
+    def __init__(self, cfg):
+        weights = cfg.MODEL.WEIGHTS
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = ""  # Detectron2's lenient load skipped; the strict one below
+        super().__init__(cfg)
+        self.cfg.defrost()
+        self.cfg.MODEL.WEIGHTS = weights
+        self.cfg.freeze()
+        load_weights_for_eval(self.model, self.cfg)
+        self.model = autocast_inference(self.model, self.cfg)
 
 
 class Trainer(DefaultTrainer):

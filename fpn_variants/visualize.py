@@ -29,7 +29,6 @@ def draw_detections(cfg, weights: str, dataset: str, num_images: int, score_thre
     """
     import cv2
     from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
 
     if num_images < 1:
@@ -41,10 +40,11 @@ def draw_detections(cfg, weights: str, dataset: str, num_images: int, score_thre
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
     cfg.freeze()
+    from .engine import Predictor
     from .safety import safe_pickle_in_detectron2
 
     with safe_pickle_in_detectron2():
-        predictor = DefaultPredictor(cfg)
+        predictor = Predictor(cfg)  # every parameter from the checkpoint
     dicts = DatasetCatalog.get(dataset)[:num_images]
     if not dicts:
         raise ValueError(f"dataset {dataset} is empty")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
@@ -99,6 +100,14 @@ def test_checkpoint_of_another_variant_is_refused_for_evaluation(tmp_path):
     empty.MODEL.WEIGHTS = ""
     with pytest.raises(ValueError, match="no weights were loaded"):
         load_weights_for_eval(build_model(empty), empty)
+    # the predictor path (DefaultPredictor's habit) is strict too
+    from fpn_variants.engine import Predictor
+
+    with pytest.raises(ValueError, match=r"does not fit this model .*build_fpn_panet_backbone"):
+        Predictor(panet)
+    pred = Predictor(same)
+    out = pred(np.zeros((64, 80, 3), dtype=np.uint8))["instances"]
+    assert out.image_size == (64, 80) and pred.cfg.MODEL.WEIGHTS == weights
 
 
 def test_non_finite_loss_stops_training_with_the_iteration(tmp_path):
