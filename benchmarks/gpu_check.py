@@ -21,6 +21,7 @@
    from each run's ``log.txt`` (Detectron2's timers), AP / AR from its results.
 
     python benchmarks/gpu_check.py --out OUT [--repeats 30] [--warmup 5] [--train-iters 40]
+        [--batch 1] [--train-batch 4] [--models ...] [--no-chain]
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` under ``--out`` (atomically, after every part, so a
 run cut short keeps what it measured). A part that fails is recorded with its error and the others
@@ -68,13 +69,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def latency(repeats: int, warmup: int, device: str = "cuda") -> list:
-    """Rows of (model, precision, score threshold, median / min / max seconds, boxes kept)."""
+def latency(repeats: int, warmup: int, device: str = "cuda", batch: int = 1, models=None) -> list:
+    """Rows of (model, precision, score threshold, median / min / max seconds per call of ``batch``
+    images, boxes kept in the first image)."""
     setting = bench.Setting("r50-800", "R-50, d=256, 800x1216", "COCO", 800, 1216, 1, device=device)
-    image = bench.synthetic_image(setting)
-    inputs = [{"image": image, "height": setting.height, "width": setting.width}]
+    inputs = [{"image": bench.synthetic_image(setting, seed=i), "height": setting.height, "width": setting.width}
+              for i in range(batch)]
     rows = []
-    for key in [bench.REFERENCE] + [k for k in bench.MODELS if k not in (bench.REFERENCE,) and not k.startswith(("C4", "C5"))]:
+    keys = [bench.REFERENCE] + [k for k in bench.MODELS if k not in (bench.REFERENCE,) and not k.startswith(("C4", "C5"))]
+    for key in [k for k in keys if models is None or k in models]:
         model = bench.build_benchmark_model(setting, key)[0].eval()
         bench.calibrate_norms(model, inputs)
         threshes = (0.05, 0.0) if key in (bench.REFERENCE, "fpn_full") else (0.05,)
@@ -94,7 +97,8 @@ def latency(repeats: int, warmup: int, device: str = "cuda") -> list:
                     kept = len(out[0]["instances"])
                     dtypes = sorted({str(v.dtype) for v in out[0]["instances"].get_fields().values()
                                      if hasattr(v, "dtype")} | {str(out[0]["instances"].pred_boxes.tensor.dtype)})
-                rows.append(dict(model=key, precision=prec, score_thresh=thresh, median_s=statistics.median(times),
+                rows.append(dict(model=key, precision=prec, score_thresh=thresh, batch=batch,
+                                 median_s=statistics.median(times),
                                  min_s=min(times), max_s=max(times), boxes_kept=kept, output_dtypes=dtypes))
                 print(f"[gpu_check] {key} {prec} thresh {thresh}: {rows[-1]['median_s'] * 1e3:.1f} ms", flush=True)
         del model
@@ -105,13 +109,14 @@ def latency(repeats: int, warmup: int, device: str = "cuda") -> list:
 
 NEON = ["DATASETS.TRAIN", "('neon_trees_train',)", "DATASETS.TEST", "('neon_trees_val',)", "MODEL.WEIGHTS", "",
         "MODEL.ROI_HEADS.NUM_CLASSES", "1", "DATALOADER.NUM_WORKERS", "4", "SOLVER.CHECKPOINT_PERIOD", "100000"]
+TRAIN_BATCH = [4]  # --train-batch
 EXTRA: list = []  # --opts: e.g. MODEL.DEVICE cpu INPUT.MIN_SIZE_TEST 128 for a dry run on a CPU
 
 
 def _train(work: str, name: str, config: str, iters: int, opts: list) -> dict:
     out = os.path.join(work, name)
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", os.path.join(REPO, config), *NEON, *EXTRA,
-           "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.01",
+           "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", str(TRAIN_BATCH[0]), "SOLVER.BASE_LR", "0.01",
            "SOLVER.WARMUP_ITERS", str(min(100, iters)), "SOLVER.STEPS", "()", "OUTPUT_DIR", out, *opts]
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -129,10 +134,12 @@ def _train(work: str, name: str, config: str, iters: int, opts: list) -> dict:
     return row
 
 
-def training(work: str, iters: int) -> list:
+def training(work: str, iters: int, chain: bool = True) -> list:
     rows = [_train(work, "faster_fp32", "configs/COCO/faster_rcnn_c_fpn.yaml", iters, []),
             _train(work, "faster_amp", "configs/COCO/faster_rcnn_c_fpn.yaml", iters, ["SOLVER.AMP.ENABLED", "True"])]
     amp = ["SOLVER.AMP.ENABLED", "True"]
+    if not chain:
+        return rows
     rows.append(_train(work, "rpn_amp", "configs/COCO/rpn_c_fpn.yaml", iters, amp))
     props = os.path.join(work, "proposals")
     cmd = [sys.executable, "-m", "fpn_variants.proposals", "--config-file", "configs/COCO/rpn_c_fpn.yaml",
@@ -154,7 +161,7 @@ def markdown(res: dict) -> str:
          f"{env.get('cudnn')}), Detectron2 {env.get('detectron2')}, Python {env.get('python')}, {env.get('cpus')} CPUs.",
          ""]
     if res.get("latency"):
-        L += ["## Inference latency, R-50 FPN Faster R-CNN, one 800x1216 image", "",
+        L += [f"## Inference latency, R-50 FPN Faster R-CNN, {res['latency'][0].get('batch', 1)} image(s) of 800x1216 per call", "",
               f"Paper: {PAPER_S_PER_IMAGE} s / image (R-50, one M40). Median (min-max) seconds of `model([image])`, "
               "eval mode, pre- and post-processing included; random weights (see the script's docstring for what "
               "the score threshold changes).", "",
@@ -166,7 +173,7 @@ def markdown(res: dict) -> str:
                      f"{r['min_s']:.4f}-{r['max_s']:.4f} | {b / r['median_s']:.2f}x | {r['boxes_kept']} |")
         L.append("")
     if res.get("training"):
-        L += ["## train_net.py on the GPU (COCO configs on NEON tiles at 800 px, batch 4)", "",
+        L += [f"## train_net.py on the GPU (COCO configs on NEON tiles at 800 px, batch {TRAIN_BATCH[0]})", "",
               "| run | iters | train s / it | eval s / img | final metrics | wall s | exit |", "|---|---|---|---|---|---|---|"]
         for r in res["training"]:
             L.append(f"| {r['run']} | {r.get('iters', '')} | {r.get('train_s_per_it') or '—'} | "
@@ -187,9 +194,14 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="run folders (default OUT/work)")
     p.add_argument("--parts", nargs="+", default=["latency", "training"], help="latency, training")
     p.add_argument("--device", default="cuda", help="cuda; cpu only for a dry run of the script")
+    p.add_argument("--batch", type=int, default=1, help="images per inference call")
+    p.add_argument("--train-batch", type=int, default=4, help="SOLVER.IMS_PER_BATCH of the train_net runs")
+    p.add_argument("--models", nargs="+", default=None, help="latency of these models only (default: all pyramids)")
+    p.add_argument("--no-chain", action="store_true", help="training: Faster R-CNN fp32 / AMP only, not the Table 2 chain")
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for every train_net run (dry runs)")
     a = p.parse_args(argv)
     EXTRA[:] = a.opts
+    TRAIN_BATCH[0] = a.train_batch
     if a.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: torch sees no CUDA device", file=sys.stderr)
         return 2
@@ -202,8 +214,8 @@ def main(argv=None) -> int:
         write_text_atomic(os.path.join(a.out, "gpu_check.md"), markdown(res))
 
     save()
-    for part, fn in (("latency", lambda: latency(a.repeats, a.warmup, a.device)),
-                     ("training", lambda: training(a.work or os.path.join(a.out, "work"), a.train_iters))):
+    for part, fn in (("latency", lambda: latency(a.repeats, a.warmup, a.device, a.batch, a.models)),
+                     ("training", lambda: training(a.work or os.path.join(a.out, "work"), a.train_iters, not a.no_chain))):
         if part not in a.parts:
             continue
         try:
