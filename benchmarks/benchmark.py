@@ -501,6 +501,17 @@ def markdown(rows: List[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def write_rows_csv(path: str, rows: List[dict], first: Sequence[str] = ()) -> None:
+    """Write ``rows`` as CSV (atomically): every key of any row a column, the ``first`` ones first,
+    each group sorted by name."""
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in first, k))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
 def _check_positive(name, value, minimum=1):
     if value < minimum:
         raise SystemExit(f"{name} {value} is not valid: must be >= {minimum}")
@@ -583,12 +594,7 @@ def main(argv=None):
                 cpu=f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
                 matmul_peak_GFLOP_per_s=peak, settings=a.settings)
     os.makedirs(a.out, exist_ok=True)
-    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("setting", "model"), k))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(os.path.join(a.out, "benchmark.csv"), buf.getvalue())
+    write_rows_csv(os.path.join(a.out, "benchmark.csv"), rows, first=("setting", "model"))
     write_json_atomic(os.path.join(a.out, "benchmark.json"), dict(meta=meta, rows=rows))
     md = markdown(rows, meta)
     write_text_atomic(os.path.join(a.out, "benchmark.md"), md)

@@ -32,7 +32,6 @@ the bad value and the valid ones.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import os
 import platform
@@ -278,12 +277,7 @@ def write_results(rows: List[dict], a, argv) -> dict:
                 device_name=torch.cuda.get_device_name(0) if a.device == "cuda"
                 else f"CPU ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})")
     os.makedirs(a.out, exist_ok=True)
-    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("model", "size", "d", "device"), k))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(os.path.join(a.out, "scaling.csv"), buf.getvalue())
+    bench.write_rows_csv(os.path.join(a.out, "scaling.csv"), rows, first=("model", "size", "d", "device"))
     write_json_atomic(os.path.join(a.out, "scaling.json"), dict(meta=meta, rows=rows))
     write_text_atomic(os.path.join(a.out, "scaling.md"), markdown(rows, meta))
     plot(rows, os.path.join(a.out, "scaling.png"))
