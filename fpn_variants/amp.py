@@ -22,7 +22,6 @@ accuracy: ``benchmarks/bench_recipe.py --variants before bf16`` and README "Mixe
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
@@ -124,10 +123,11 @@ class CPUAMPTrainer(SimpleTrainer):
 
 
 def amp_trainer(model, data_loader, optimizer):
-    """What ``DefaultTrainer`` builds for ``SOLVER.AMP.ENABLED True``, by the model's device:
+    """What ``fpn_variants.engine.Trainer`` builds for ``SOLVER.AMP.ENABLED True`` (in place of
+    Detectron2's CUDA-only ``AMPTrainer`` in ``DefaultTrainer.__init__``), by the model's device:
     Detectron2's ``AMPTrainer`` for a CUDA model, :class:`CPUAMPTrainer` (bf16) for a CPU model on
     a CPU with native bf16, and Detectron2's ``SimpleTrainer`` (fp32, after a warning) otherwise."""
-    from detectron2.engine import AMPTrainer, SimpleTrainer
+    from detectron2.engine import AMPTrainer
 
     device = model_device_type(model)
     if device == "cuda":
@@ -186,17 +186,3 @@ def autocast_inference(model: nn.Module, cfg) -> nn.Module:
     if dtype is None:
         return model
     return AutocastInference(model, device, dtype)
-
-
-@contextlib.contextmanager
-def amp_trainer_in_detectron2():
-    """While active, ``DefaultTrainer.__init__`` builds :func:`amp_trainer` for
-    ``SOLVER.AMP.ENABLED True`` (instead of Detectron2's CUDA-only ``AMPTrainer`` on every device)."""
-    import detectron2.engine.defaults as d2_defaults
-
-    original = d2_defaults.AMPTrainer
-    d2_defaults.AMPTrainer = amp_trainer
-    try:
-        yield
-    finally:
-        d2_defaults.AMPTrainer = original

@@ -39,7 +39,7 @@ from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
-from .amp import amp_trainer_in_detectron2, autocast_inference
+from .amp import amp_trainer, autocast_inference
 from .evaluation import ProposalRecallEvaluator
 from .safety import safe_pickle_in_detectron2
 
@@ -154,23 +154,29 @@ class ExactResume(HookBase):
 
 
 @contextlib.contextmanager
-def _ddp_for_cpu_models():
-    """While active, Detectron2's ``create_ddp_model`` (as ``DefaultTrainer.__init__`` calls it)
-    wraps a model whose parameters are all on the CPU with ``device_ids=None``."""
+def _in_detectron2_defaults(name: str, replace):
+    """While active, ``detectron2.engine.defaults.<name>`` (what ``DefaultTrainer.__init__`` calls)
+    is ``replace(original)``; restored on exit."""
     import detectron2.engine.defaults as d2_defaults
 
-    original = d2_defaults.create_ddp_model
+    original = getattr(d2_defaults, name)
+    setattr(d2_defaults, name, replace(original))
+    try:
+        yield
+    finally:
+        setattr(d2_defaults, name, original)
+
+
+def _ddp_for_cpu_models(original):
+    """Detectron2's ``create_ddp_model``, but a model whose parameters are all on the CPU is wrapped
+    with ``device_ids=None`` (which ``DistributedDataParallel`` needs for a CPU module)."""
 
     def create_ddp_model(model, **kwargs):
         if comm.get_world_size() > 1 and all(p.device.type == "cpu" for p in model.parameters()):
             kwargs.setdefault("device_ids", None)
         return original(model, **kwargs)
 
-    d2_defaults.create_ddp_model = create_ddp_model
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = original
+    return create_ddp_model
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
@@ -243,7 +249,9 @@ class Trainer(DefaultTrainer):
     and data-parallel training of CPU models (module docstring)."""
 
     def __init__(self, cfg):
-        with _ddp_for_cpu_models(), amp_trainer_in_detectron2():
+        # CPU data-parallel and CPU AMP: what DefaultTrainer.__init__ builds, by the model's device
+        with _in_detectron2_defaults("create_ddp_model", _ddp_for_cpu_models), \
+                _in_detectron2_defaults("AMPTrainer", lambda _: amp_trainer):
             super().__init__(cfg)
         self.checkpointer.add_checkpointable("rng", self._rng_for_hooks)
 

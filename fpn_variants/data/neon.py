@@ -246,8 +246,12 @@ def _coco_json(tiles: Sequence[Tile], split: str, fold: int = DEFAULT_FOLD) -> d
 
 def _json_path(root: str, split: str, fold: int = DEFAULT_FOLD) -> str:
     """The json of ``split`` in region ``fold``; the default fold's are ``neon_trees_{split}.json``."""
-    name = f"neon_trees_{split}" if fold == DEFAULT_FOLD else f"neon_trees_{split}_f{fold}"
-    return os.path.join(root, "annotations", f"{name}.json")
+    return os.path.join(root, "annotations", f"{_file_stem(split, fold)}.json")
+
+
+def _file_stem(split: str, fold: int) -> str:
+    """The dataset name whose json holds ``split`` of ``fold`` (the default fold: the plain name)."""
+    return dataset_name(split, None if fold == DEFAULT_FOLD else fold)
 
 
 def _all_json_paths(root: str) -> List[str]:
@@ -366,7 +370,7 @@ def load_neon_trees(split: str, root: Optional[str] = None, fold: int = DEFAULT_
             json.load(f)
     except ValueError as e:
         raise ValueError(f"{path} is corrupt or truncated ({e}); delete {root} and run `make data` again") from e
-    dicts = load_coco_json(path, os.path.join(root, "images"), dataset_name(split, None if fold == DEFAULT_FOLD else fold))
+    dicts = load_coco_json(path, os.path.join(root, "images"), _file_stem(split, fold))
     for d in dicts:
         if not os.path.isfile(d["file_name"]):
             raise FileNotFoundError(f"image {d['file_name']} listed in {path} is missing; run `make data` again")
