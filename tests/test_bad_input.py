@@ -148,6 +148,9 @@ def test_top_block_follows_the_coarsest_level_of_in_features():
     cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4"]
     from detectron2.modeling import build_backbone
 
+    with pytest.raises(ValueError, match=r"MODEL.RPN.IN_FEATURES = .* reads \['p6'\], which build_fpn_full_backbone does not output"):
+        build_backbone(cfg)  # the RPN still reads P2..P6: caught at build, not at its first forward
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5"]
     backbone = build_backbone(cfg)
     shapes = backbone.output_shape()
     assert {k: v.stride for k, v in shapes.items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
@@ -169,3 +172,22 @@ def test_top_block_at_another_stride_or_missing_input_fails_at_build():
     top.in_feature = "res4"
     with pytest.raises(ValueError, match=r"top block input 'res4' has stride 16 but the coarsest level .* stride 32"):
         FeaturePyramid(shapes, ["res2", "res3", "res4", "res5"], 8, top_block=top)
+
+
+def test_retinanet_by_name_swap_fails_at_build_with_the_p3_p7_recipe():
+    """Detectron2's RetinaNet config with a pyramid swapped in by name: the default pyramid outputs
+    p2..p6, RetinaNet reads p3..p7. Not Detectron2's bare ``KeyError: 'p7'`` but the recipe."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    from fpn_variants import add_fpn_variants_config
+
+    cfg = add_fpn_variants_config(get_cfg())
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_3x.yaml"))
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = "cpu", "", 18, 64
+    cfg.MODEL.BACKBONE.NAME = "build_fpn_panet_backbone"
+    with pytest.raises(ValueError, match=r"MODEL.RETINANET.IN_FEATURES = .* reads \['p7'\], which build_fpn_panet_backbone "
+                                         r"does not output .*FPN_VARIANTS.TOP_BLOCK p6p7_c5, as configs/heads/retinanet_fpn.yaml"):
+        build_model(cfg)
+    cfg.MODEL.FPN.IN_FEATURES, cfg.FPN_VARIANTS.TOP_BLOCK = ["res3", "res4", "res5"], "p6p7_c5"  # the recipe builds
+    assert sorted(build_model(cfg).backbone.output_shape()) == ["p3", "p4", "p5", "p6", "p7"]

@@ -7,8 +7,9 @@ and returns a :class:`~fpn_variants.modeling.pyramid.FeaturePyramid` whose outpu
 into Detectron2's stock ``RPN``, ``StandardROIHeads``, ``GeneralizedRCNN`` and ``ProposalNetwork``.
 """
 import difflib
-import math
 import logging
+import math
+import re
 from typing import Dict
 
 import fvcore.nn.weight_init as weight_init
@@ -112,7 +113,9 @@ def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeatureP
 
     Raises:
         KeyError: unknown preset or ``FPN_VARIANTS.BOTTOM_UP`` not registered.
-        ValueError: invalid values of ``MODEL.FPN.*`` / ``FPN_VARIANTS.*`` (see FeaturePyramid).
+        ValueError: invalid values of ``MODEL.FPN.*`` / ``FPN_VARIANTS.*`` (see FeaturePyramid), or a head
+            of ``MODEL.META_ARCHITECTURE`` (RPN, RoI heads, RetinaNet, semantic segmentation) reading a
+            level the pyramid does not output, e.g. RetinaNet's ``p7`` (the message gives the recipe).
     """
     if "FPN_VARIANTS" not in cfg:
         raise KeyError("cfg has no FPN_VARIANTS node: call fpn_variants.add_fpn_variants_config(cfg) before merge_from_file")
@@ -135,7 +138,51 @@ def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeatureP
             f"(it outputs {sorted(shapes)}; set MODEL.RESNETS.OUT_FEATURES, or FPN_VARIANTS.TIMM.OUT_FEATURES for "
             "build_timm_backbone)"
         )
-    return FeaturePyramid(shapes, bottom_up=bottom_up, top_block=_top_block(cfg, shapes), **kwargs)
+    pyramid = FeaturePyramid(shapes, bottom_up=bottom_up, top_block=_top_block(cfg, shapes), **kwargs)
+    _check_head_features(cfg, preset, list(pyramid.output_shape()))
+    return pyramid
+
+
+# The recipe of each stock head whose input levels differ from the default pyramid's p2..p6.
+_HEAD_RECIPES = {
+    "MODEL.RETINANET.IN_FEATURES": (
+        "RetinaNet reads P3-P7 (Lin et al., Focal Loss, ICCV 2017): set MODEL.FPN.IN_FEATURES "
+        "['res3', 'res4', 'res5'] and FPN_VARIANTS.TOP_BLOCK p6p7_c5, as configs/heads/retinanet_fpn.yaml does"),
+}
+
+
+def _head_feature_keys(cfg):
+    """The ``*.IN_FEATURES`` keys of the heads that ``cfg``'s meta-architecture reads from the backbone."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    keys = []
+    if arch in ("GeneralizedRCNN", "ProposalNetwork", "PanopticFPN") and cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RPN":
+        keys.append("MODEL.RPN.IN_FEATURES")
+    if arch in ("GeneralizedRCNN", "PanopticFPN"):
+        keys.append("MODEL.ROI_HEADS.IN_FEATURES")
+    if arch in ("PanopticFPN", "SemanticSegmentor"):
+        keys.append("MODEL.SEM_SEG_HEAD.IN_FEATURES")
+    if arch == "RetinaNet":
+        keys.append("MODEL.RETINANET.IN_FEATURES")
+    return keys
+
+
+def _check_head_features(cfg, preset: str, outputs) -> None:
+    """Raise a ``ValueError`` naming the head, its missing levels and the recipe when a head of
+    ``cfg.MODEL.META_ARCHITECTURE`` reads a level this pyramid does not output (e.g. RetinaNet's
+    ``p7`` from the default p2..p6 pyramid), instead of Detectron2's bare ``KeyError: 'p7'``."""
+    for key in _head_feature_keys(cfg):
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if not any(re.fullmatch(r"p\d+", f) for f in node):
+            continue  # a head written for single-scale maps (Detectron2's default "res4"): not ours to judge
+        missing = [f for f in node if f not in outputs]
+        if missing:
+            recipe = _HEAD_RECIPES.get(key, "Set MODEL.FPN.IN_FEATURES / FPN_VARIANTS.TOP_BLOCK so that the pyramid outputs them, or the head's IN_FEATURES to its outputs")
+            raise ValueError(
+                f"{key} = {list(node)} reads {missing}, which {backbone_name(preset)} does not output with "
+                f"MODEL.FPN.IN_FEATURES {list(cfg.MODEL.FPN.IN_FEATURES)} and FPN_VARIANTS.TOP_BLOCK "
+                f"{cfg.FPN_VARIANTS.TOP_BLOCK!r} (it outputs {outputs}). {recipe}.")
 
 
 def _register(preset: str) -> None:

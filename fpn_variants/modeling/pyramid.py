@@ -28,6 +28,7 @@ with ``strict=True`` and gives identical outputs (``tests/test_parity.py``).
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -74,9 +75,13 @@ def _check_choice(name: str, value, valid: Sequence) -> None:
         raise ValueError(f"{name}={value!r} is not valid; valid values: {', '.join(map(repr, valid))}")
 
 
-def _activation(name: str):
+def _activation(name: str) -> Optional[nn.Module]:
+    """A new activation module (no parameters; a module rather than a function, so that Detectron2's
+    ``Conv2d`` holding it scripts), or ``None`` for ``"none"``."""
     _check_choice("activation", name, ACTIVATIONS)
-    return {"none": None, "relu": F.relu, "swish": F.silu}[name]
+    if name == "none":
+        return None
+    return nn.ReLU() if name == "relu" else nn.SiLU()
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str, *, stride: int = 1,
@@ -184,8 +189,13 @@ def build_output(kind: str, channels: int, norm: str = "", activation: str = "no
 def fuse(inputs: List[torch.Tensor], fuse_type: str) -> torch.Tensor:
     """Parameter-free fusion of maps of equal shape (N, d, H, W) where paths meet: ``"sum"`` (paper
     §3, element-wise addition, left to right) or ``"avg"`` (their mean). One input is returned
-    unchanged. The learned fusions are :class:`Fusion` modules."""
-    _check_choice("fuse_type", fuse_type, ("sum", "avg"))
+    unchanged. The learned fusions are :class:`Fusion` modules.
+
+    Raises:
+        ValueError: ``fuse_type`` not ``"sum"`` / ``"avg"``.
+    """
+    if fuse_type != "sum" and fuse_type != "avg":  # no _check_choice: this runs in TorchScript too
+        raise ValueError("fuse_type={!r} is not valid here; valid values: 'sum', 'avg'".format(fuse_type))
     out = inputs[0]
     for x in inputs[1:]:
         out = out + x
@@ -220,17 +230,18 @@ class Fusion(nn.Module):
 
     def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
         if len(inputs) != self.num_inputs:
-            raise ValueError(f"Fusion({self.kind!r}) built for {self.num_inputs} inputs got {len(inputs)}")
-        if self.kind in ("sum", "avg"):
-            return fuse(inputs, self.kind)
-        if self.kind == "concat":
+            raise ValueError("Fusion('{}') built for {} inputs got {}".format(self.kind, self.num_inputs, len(inputs)))
+        # hasattr on a module is resolved when TorchScript compiles, so each kind compiles only its own branch
+        if hasattr(self, "proj"):
             return self.proj(torch.cat(inputs, dim=1))
-        w = F.relu(self.weight)
-        w = w / (w.sum() + self.eps)
-        out = w[0] * inputs[0]
-        for i in range(1, len(inputs)):
-            out = out + w[i] * inputs[i]
-        return out
+        if hasattr(self, "weight"):
+            w = F.relu(self.weight)
+            w = w / (w.sum() + self.eps)
+            out = w[0] * inputs[0]
+            for i in range(1, len(inputs)):
+                out = out + w[i] * inputs[i]
+            return out
+        return fuse(inputs, self.kind)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, num_inputs={self.num_inputs}"
@@ -245,31 +256,96 @@ def _downsample_pool(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return y if y.shape[-2:] == like.shape[-2:] else F.interpolate(y, size=like.shape[-2:], mode="nearest")
 
 
-class TopDownPath(nn.Module):
+class _NoMap(nn.Module):
+    """Placeholder op of a level that has no map of its own (a level without a lateral connection):
+    no parameters, returns ``None``."""
+
+    def forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+
+class _NoFusion(nn.Module):
+    """Placeholder fusion of a top-down level without a lateral map: no parameters, never called
+    with two maps (the top-down pathway passes the upsampled map on); returns the last input."""
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        return inputs[-1]
+
+
+class _ScriptViews:
+    """Mixin for modules that keep plain Python lists of modules registered under other names (e.g.
+    ``fpn_lateral2``, as Detectron2's ``FPN`` does) or in another order (a top-down pass runs coarse to
+    fine over module lists built fine to coarse). ``_SCRIPT_VIEWS`` names those lists.
+
+    TorchScript iterates module lists but not Python lists of modules, and cannot iterate a module
+    list backwards, so ``__prepare_scriptable__`` (called by ``torch.jit.script``) returns a deep copy
+    in which every view of this module and of its submodules is an ``nn.ModuleList``; the forward
+    code is the same in eager mode and in TorchScript. This is Detectron2's approach for its ``FPN``
+    and ``ResNet`` (``detectron2/export/torchscript_patch.py``). The registered names stay, so the
+    copy's ``state_dict`` holds every key of the original plus the views' keys for the same tensors.
+    Note that ``torch.jit.script(model)`` puts prepared copies into ``model`` itself (PyTorch's
+    behaviour, as with Detectron2's FPN): load checkpoints before scripting.
+
+    The outermost such module converts all nested views in its one copy, so no module is created
+    while PyTorch prepares the rest of the model (its preparation memo is keyed by ``id`` and does
+    not keep the replaced originals alive: a module created after another module's preparation freed
+    its original could take that id and be swapped for the wrong module).
+    """
+
+    _SCRIPT_VIEWS: Sequence[str] = ()
+
+    def _views_are_module_lists(self) -> bool:
+        return all(isinstance(getattr(self, name), nn.ModuleList) for name in self._SCRIPT_VIEWS)
+
+    def __prepare_scriptable__(self):
+        nested = [m for m in self.modules() if isinstance(m, _ScriptViews)]
+        if all(m._views_are_module_lists() for m in nested):
+            return self
+        ret = copy.deepcopy(self)
+        for m in ret.modules():
+            if isinstance(m, _ScriptViews):
+                for name in m._SCRIPT_VIEWS:
+                    setattr(m, name, nn.ModuleList(getattr(m, name)))
+        return ret
+
+
+class TopDownPath(_ScriptViews, nn.Module):
     """The paper's top-down pathway (§3, Fig. 3) over ``num_levels`` maps, fine to coarse.
 
     The coarsest map starts the pathway; each finer level gets the coarser merged map upsampled
     (``upsample_mode``, to that level's size) and fused with its own lateral map when it has one
     (``has_lateral[i]``), else the upsampled map alone. No conv on the nodes (the output op follows).
     Maps: list of (N, d, H_k, W_k), strides 2**k; ``None`` where a level has no lateral.
+
+    Raises:
+        ValueError: at build, an unknown ``upsample_mode``; at call time, no map at the coarsest level.
     """
+
+    _SCRIPT_VIEWS = ("_fusions_coarse_to_fine",)
 
     def __init__(self, has_lateral: Sequence[bool], channels: int, fuse_type: str, upsample_mode: str, norm: str = ""):
         super().__init__()
         _check_choice("upsample_mode", upsample_mode, UPSAMPLE_MODES)
         self.upsample_mode = upsample_mode
         self.fusions = nn.ModuleList(
-            [Fusion(fuse_type, 2, channels, norm) if lat else nn.Identity() for lat in has_lateral[:-1]]
+            [Fusion(fuse_type, 2, channels, norm) if lat else _NoFusion() for lat in has_lateral[:-1]]
         )
-        self._has_lateral = list(has_lateral)
+        # the order the pathway runs in, coarse to fine (a view of `fusions`; see _ScriptViews)
+        self._fusions_coarse_to_fine = list(self.fusions)[::-1]
 
     def forward(self, maps: List[Optional[torch.Tensor]], sizes: List[torch.Tensor]) -> List[torch.Tensor]:
-        maps = list(maps)
-        prev = maps[-1]
-        for i in range(len(maps) - 2, -1, -1):
+        n = len(maps)
+        prev = maps[n - 1]
+        if prev is None:
+            raise ValueError("the top-down pathway starts at the coarsest level, which has no map")
+        out: List[torch.Tensor] = [prev]
+        for j, fusion in enumerate(self._fusions_coarse_to_fine):
+            i = n - 2 - j
             top_down = _upsample(prev, sizes[i], self.upsample_mode)
-            prev = maps[i] = self.fusions[i]([maps[i], top_down]) if self._has_lateral[i] else top_down
-        return maps
+            lateral = maps[i]
+            prev = top_down if lateral is None else fusion([lateral, top_down])
+            out.insert(0, prev)
+        return out
 
 
 class BottomUpPath(nn.Module):
@@ -291,15 +367,15 @@ class BottomUpPath(nn.Module):
 
     def forward(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
         out = [maps[0]]
-        for i in range(1, len(maps)):
-            down = self.downsample[i - 1](out[-1])
-            if down.shape[-2:] != maps[i].shape[-2:]:  # only for sizes the bottom-up pathway rounds differently
-                down = F.interpolate(down, size=maps[i].shape[-2:], mode="nearest")
-            out.append(self.convs[i - 1](self.fusions[i - 1]([maps[i], down])))
+        for i, (downsample, fusion, conv) in enumerate(zip(self.downsample, self.fusions, self.convs)):
+            down = downsample(out[-1])
+            if down.shape[-2:] != maps[i + 1].shape[-2:]:  # only for sizes the bottom-up pathway rounds differently
+                down = F.interpolate(down, size=maps[i + 1].shape[-2:], mode="nearest")
+            out.append(conv(fusion([maps[i + 1], down])))
         return out
 
 
-class BiFPNLayer(nn.Module):
+class BiFPNLayer(_ScriptViews, nn.Module):
     """One BiFPN layer (Tan et al., EfficientDet, CVPR 2020, §3.2-3.3, Fig. 2(d)) over ``num_levels``
     maps, fine to coarse.
 
@@ -309,6 +385,8 @@ class BiFPNLayer(nn.Module):
     = 3×3 conv (depthwise-separable if ``separable``) with ``norm`` and ``activation``. EfficientDet
     uses ``fuse_type="weighted"``, separable convs, BN and swish. Maps (N, d, H_k, W_k) in and out.
     """
+
+    _SCRIPT_VIEWS = ("_td_fusions_coarse_to_fine", "_td_convs_coarse_to_fine")
 
     def __init__(self, num_levels: int, channels: int, fuse_type: str, upsample_mode: str, norm: str = "",
                  activation: str = "none", separable: bool = False):
@@ -328,26 +406,41 @@ class BiFPNLayer(nn.Module):
             [Fusion(fuse_type, 3 if k < L - 1 else 2, channels, norm) for k in range(1, L)]
         )
         self.bu_convs = nn.ModuleList([conv() for _ in range(L - 1)])
+        # the top-down pass runs coarse to fine (views of td_fusions / td_convs; see _ScriptViews)
+        self._td_fusions_coarse_to_fine = list(self.td_fusions)[::-1]
+        self._td_convs_coarse_to_fine = list(self.td_convs)[::-1]
 
     def forward(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
         L = len(maps)
-        td = [None] * L
-        td[-1] = maps[-1]
-        for k in range(L - 2, -1, -1):
-            td[k] = self.td_convs[k](self.td_fusions[k]([maps[k], _upsample(td[k + 1], maps[k], self.upsample_mode)]))
+        td: List[torch.Tensor] = [maps[L - 1]]
+        for j, (fusion, conv) in enumerate(zip(self._td_fusions_coarse_to_fine, self._td_convs_coarse_to_fine)):
+            k = L - 2 - j
+            td.insert(0, conv(fusion([maps[k], _upsample(td[0], maps[k], self.upsample_mode)])))
         out = [td[0]]
-        for k in range(1, L):
+        for i, (fusion, conv) in enumerate(zip(self.bu_fusions, self.bu_convs)):
+            k = i + 1
             down = _downsample_pool(out[-1], maps[k])
             inputs = [maps[k], td[k], down] if k < L - 1 else [maps[k], down]
-            out.append(self.bu_convs[k - 1](self.bu_fusions[k - 1](inputs)))
+            out.append(conv(fusion(inputs)))
         return out
+
+
+def _present(maps: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+    """``maps`` with the ``Optional`` removed; every level has a map when there is no top-down pathway
+    (checked at build)."""
+    out: List[torch.Tensor] = []
+    for x in maps:
+        if x is None:
+            raise ValueError("a pyramid level has no map: without a top-down pathway every level needs a lateral")
+        out.append(x)
+    return out
 
 
 def _stage(stride: int) -> int:
     return int(math.log2(stride))
 
 
-class FeaturePyramid(Backbone):
+class FeaturePyramid(_ScriptViews, Backbone):
     """A feature pyramid assembled from the parts in this module.
 
     Input: the bottom-up maps ``{name: (N, C_k, H_k, W_k)}`` for ``in_features`` ordered fine to
@@ -388,6 +481,8 @@ class FeaturePyramid(Backbone):
             neither a bottom-up map nor a pyramid level or is not at the coarsest level's stride, or GN
             residual laterals whose bottleneck width is not a multiple of 32.
     """
+
+    _SCRIPT_VIEWS = ("laterals", "outputs")
 
     def __init__(
         self,
@@ -455,8 +550,12 @@ class FeaturePyramid(Backbone):
         self.top_block = top_block
 
         stages = [_stage(s) for s in strides]
-        self.laterals: List[Optional[nn.Module]] = []
-        self.outputs: List[Optional[nn.Module]] = []
+        # one op per level, fine to coarse, registered under Detectron2's names (fpn_lateral{k},
+        # fpn_output{k}); these lists are views in level order (_NoMap / Identity where a level has
+        # none), module lists in the TorchScript copy (see _ScriptViews)
+        self.laterals: List[nn.Module] = []
+        self.outputs: List[nn.Module] = []
+        level_has_lateral: List[bool] = []
         for i, (name, stage) in enumerate(zip(in_features, stages)):
             has_lateral = lateral_levels == "all" or i == len(in_features) - 1
             lat = (
@@ -472,12 +571,12 @@ class FeaturePyramid(Backbone):
                 self.add_module(f"fpn_lateral{stage}", lat)
             if out is not None:
                 self.add_module(f"fpn_output{stage}", out)
-            self.laterals.append(lat)
-            self.outputs.append(out)
+            self.laterals.append(lat if lat is not None else _NoMap())
+            self.outputs.append(out if out is not None else nn.Identity())
+            level_has_lateral.append(lat is not None)
         n = len(in_features)
         self.top_down = (
-            TopDownPath([lat is not None for lat in self.laterals], out_channels, fuse_type, upsample_mode, norm)
-            if "top_down" in paths else None
+            TopDownPath(level_has_lateral, out_channels, fuse_type, upsample_mode, norm) if "top_down" in paths else None
         )
         post = []
         for p in paths:
@@ -525,33 +624,47 @@ class FeaturePyramid(Backbone):
         Raises:
             KeyError: a map of ``in_features`` is missing from ``features``.
         """
-        try:
-            feats = [features[f] for f in self.in_features]
-        except KeyError as e:
-            raise KeyError(f"bottom-up map {e.args[0]!r} missing; got {sorted(features)}") from None
-        merged = [lat(x) if lat is not None else None for lat, x in zip(self.laterals, feats)]
+        feats: List[torch.Tensor] = []
+        for f in self.in_features:
+            if f not in features:
+                raise KeyError("bottom-up map '{}' missing; got {}".format(f, sorted(features.keys())))
+            feats.append(features[f])
+        merged: List[Optional[torch.Tensor]] = []
+        for i, lateral in enumerate(self.laterals):
+            merged.append(lateral(feats[i]))
         if self.top_down is not None:
-            merged = self.top_down(merged, feats)
-        results = [out(m) if out is not None else m for out, m in zip(self.outputs, merged)]
+            maps = self.top_down(merged, feats)
+        else:
+            maps = _present(merged)
+        results: List[torch.Tensor] = []
+        for i, output in enumerate(self.outputs):
+            results.append(output(maps[i]))
         for path in self.post_paths:
             results = path(results)
         if self.top_block is not None:
             src = self.top_block.in_feature
             if src in features:
                 top_in = features[src]
-            elif src in self._out_features[: len(results)]:
+            else:  # a pyramid level (checked at build)
                 top_in = results[self._out_features.index(src)]
-            else:
-                raise KeyError(f"top block input {src!r} is neither a bottom-up map nor a pyramid level")
             results.extend(self.top_block(top_in))
-        return dict(zip(self._out_features, results))
+        return {name: x for name, x in zip(self._out_features, results)}
 
     def forward(self, x):
         """``x``: images (N, 3, H, W) when built with ``bottom_up``, else the dict of bottom-up maps.
-        Returns ``{"p2": ..., "p6": ...}`` as described in the class docstring."""
-        if self.bottom_up is not None:
-            x = self.bottom_up(x)
-        elif not isinstance(x, dict):
+        Returns ``{"p2": ..., "p6": ...}`` as described in the class docstring.
+
+        Raises:
+            TypeError: no ``bottom_up`` and ``x`` is not a dict.
+        """
+        if self.bottom_up is None:
+            return self._forward_maps(x)
+        return self.pyramid(self.bottom_up(x))
+
+    @torch.jit.unused
+    def _forward_maps(self, x) -> Dict[str, torch.Tensor]:
+        # eager only: TorchScript needs one input type, and a scripted pyramid takes images
+        if not isinstance(x, dict):
             raise TypeError("this FeaturePyramid has no bottom_up: pass a dict of bottom-up maps, not a tensor")
         return self.pyramid(x)
 
