@@ -26,6 +26,7 @@ setup(
     entry_points={
         "console_scripts": [
             "fpn-variants-train=fpn_variants.train_net:invoke_main",
+            "fpn-variants-lazy-train=fpn_variants.lazy_train_net:invoke_main",
             "fpn-variants-sweep=fpn_variants.sweep:cli",
             "fpn-variants-report=fpn_variants.report:cli",
         ]

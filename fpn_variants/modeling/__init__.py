@@ -1,5 +1,6 @@
 """Pyramid parts, presets and their Detectron2 backbone builders (registered on import)."""
-from .backbone import TOP_BLOCKS, backbone_name, build_pyramid_backbone, check_backbone_name, pyramid_kwargs_from_cfg
+from .backbone import (TOP_BLOCKS, backbone_name, build_pyramid_backbone, check_backbone_name, preset_pyramid,
+                       pyramid_kwargs_from_cfg)
 from .presets import PAPER_ROWS, PRESETS
 from .roi_heads import Conv5ROIHeads, ResNetConv5ROIHeads
 from . import timm_backbone  # noqa: F401  (registers build_timm_backbone)
@@ -21,5 +22,6 @@ __all__ = [
     "build_pyramid_backbone",
     "check_backbone_name",
     "fuse",
+    "preset_pyramid",
     "pyramid_kwargs_from_cfg",
 ]

@@ -24,7 +24,7 @@ from .pyramid import FeaturePyramid
 
 __all__ = [
     "TOP_BLOCKS", "LastLevelP6FromC5", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg",
-    "check_backbone_name", "build_bottom_up_backbone", "PYRAMID_BUILDERS", "reads_bottom_up_key",
+    "check_backbone_name", "build_bottom_up_backbone", "PYRAMID_BUILDERS", "reads_bottom_up_key", "preset_pyramid",
 ]
 
 TOP_BLOCKS = ("p6_subsample", "p6_c5", "p6p7_c5", "none")
@@ -103,6 +103,34 @@ def pyramid_kwargs_from_cfg(cfg, preset: str) -> dict:
     )
 
 
+def _warn_if_bifpn_without_weighted_fusion(preset: str, kwargs: dict) -> None:
+    if "bifpn" in kwargs.get("paths", ()) and kwargs.get("fuse_type", "sum") != "weighted":
+        logging.getLogger(__name__).warning(
+            "%s with MODEL.FPN.FUSE_TYPE=%r: EfficientDet's BiFPN uses 'weighted' (fast normalised fusion)",
+            backbone_name(preset), kwargs.get("fuse_type", "sum"),
+        )
+
+
+def preset_pyramid(preset: str = "fpn_full", **kwargs) -> FeaturePyramid:
+    """The pyramid of ``preset`` for LazyConfig and Python users: ``FeaturePyramid(**PRESETS[preset],
+    **kwargs)``, where ``kwargs`` are Detectron2's ``FPN`` arguments (``bottom_up``, ``in_features``,
+    ``out_channels``, ``norm``, ``top_block``, ``fuse_type``, ``square_pad``) and any other
+    :class:`FeaturePyramid` knob (``upsample_mode``, ``activation``, ``separable``, ``path_repeats``,
+    ...). A knob given here overrides the preset's. E.g. in a LazyConfig (``configs/lazy/``)::
+
+        model.backbone._target_ = preset_pyramid   # was detectron2's FPN; its arguments stay
+        model.backbone.preset = "fpn_panet"
+
+    Raises:
+        KeyError: unknown ``preset`` (the message lists them). ValueError: see :class:`FeaturePyramid`.
+    """
+    if preset not in PRESETS:
+        raise KeyError(f"unknown FPN preset {preset!r}; valid: {', '.join(PRESETS)}")
+    merged = {**PRESETS[preset], **kwargs}
+    _warn_if_bifpn_without_weighted_fusion(preset, merged)
+    return FeaturePyramid(**merged)
+
+
 def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeaturePyramid:
     """Build the bottom-up pathway and the pyramid of ``preset`` from ``cfg``.
 
@@ -120,11 +148,7 @@ def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeatureP
     if "FPN_VARIANTS" not in cfg:
         raise KeyError("cfg has no FPN_VARIANTS node: call fpn_variants.add_fpn_variants_config(cfg) before merge_from_file")
     kwargs = pyramid_kwargs_from_cfg(cfg, preset)
-    if "bifpn" in kwargs["paths"] and kwargs["fuse_type"] != "weighted":
-        logging.getLogger(__name__).warning(
-            "%s with MODEL.FPN.FUSE_TYPE=%r: EfficientDet's BiFPN uses 'weighted' (fast normalised fusion)",
-            backbone_name(preset), kwargs["fuse_type"],
-        )
+    _warn_if_bifpn_without_weighted_fusion(preset, kwargs)
     if cfg.FPN_VARIANTS.TOP_BLOCK not in TOP_BLOCKS:  # fail before building the bottom-up pathway
         _top_block(cfg, {})
     name = cfg.FPN_VARIANTS.BOTTOM_UP

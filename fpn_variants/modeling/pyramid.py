@@ -448,9 +448,14 @@ class FeaturePyramid(_ScriptViews, Backbone):
     Output: ``{"p{k}": (N, out_channels, H_k, W_k)}``, one per input level, with stride 2**k, plus
     the top block's levels (e.g. ``p6``, stride 64, from the ``"p6_subsample"`` top block).
 
+    The constructor takes Detectron2's ``FPN`` arguments (``bottom_up``, ``in_features``,
+    ``out_channels``, ``norm``, ``top_block``, ``fuse_type``, ``square_pad``), so a LazyConfig
+    ``L(FPN)(...)`` becomes this pyramid by swapping its ``_target_`` (``configs/lazy/``), and its
+    design by the keyword arguments below or a preset (:func:`fpn_variants.modeling.preset_pyramid`).
+
     Args:
         input_shapes: ``ShapeSpec(channels, stride)`` of every bottom-up map (a superset of
-            ``in_features`` is fine, e.g. ``bottom_up.output_shape()``).
+            ``in_features`` is fine); ``None``: ``bottom_up.output_shape()``.
         in_features: the bottom-up maps used, fine to coarse.
         out_channels: the pyramid's ``d`` (paper: 256).
         lateral: lateral op, one of :data:`LATERAL_TYPES`.
@@ -473,9 +478,11 @@ class FeaturePyramid(_ScriptViews, Backbone):
             Detectron2's ``LastLevelMaxPool``; ``None`` for no extra level.
         bottom_up: optional bottom-up backbone; if given, ``forward`` takes images (N, 3, H, W),
             else it takes the dict of bottom-up maps.
+        square_pad: pad images to a square of this size (pixels; Detectron2's ``FPN`` argument, used by
+            ViTDet-style recipes); 0 = no square padding.
 
     Raises:
-        ValueError: a name not in ``input_shapes``, strides not log2-contiguous or not increasing,
+        ValueError: neither ``input_shapes`` nor ``bottom_up``, a negative ``square_pad``, a name not in ``input_shapes``, strides not log2-contiguous or not increasing,
             ``out_channels <= 0``, an unknown op name, a top-down path whose coarsest level has no
             lateral, a level with neither a lateral nor a path reaching it, a top block whose input is
             neither a bottom-up map nor a pyramid level or is not at the coarsest level's stride, or GN
@@ -486,9 +493,9 @@ class FeaturePyramid(_ScriptViews, Backbone):
 
     def __init__(
         self,
-        input_shapes: Dict[str, ShapeSpec],
-        in_features: Sequence[str],
-        out_channels: int,
+        input_shapes: Optional[Dict[str, ShapeSpec]] = None,
+        in_features: Sequence[str] = (),
+        out_channels: int = 256,
         *,
         lateral: str = "conv1x1",
         lateral_levels: str = "all",
@@ -504,8 +511,16 @@ class FeaturePyramid(_ScriptViews, Backbone):
         activation: str = "none",
         separable: bool = False,
         path_repeats: int = 1,
+        square_pad: int = 0,
     ):
         super().__init__()
+        if input_shapes is None:
+            if bottom_up is None:
+                raise ValueError("give input_shapes (the bottom-up maps' ShapeSpecs) or a bottom_up backbone")
+            input_shapes = bottom_up.output_shape()
+        if not isinstance(square_pad, int) or square_pad < 0:
+            raise ValueError(f"square_pad={square_pad!r} must be an int >= 0 (0: no square padding)")
+        self._square_pad = square_pad
         in_features = list(in_features)
         if not in_features:
             raise ValueError("in_features is empty; give the bottom-up maps, e.g. ['res2', 'res3', 'res4', 'res5']")
@@ -615,8 +630,8 @@ class FeaturePyramid(_ScriptViews, Backbone):
 
     @property
     def padding_constraints(self) -> Dict[str, int]:
-        """Detectron2's padding constraints: no square padding (as its ``FPN`` by default)."""
-        return {"square_size": 0}
+        """Detectron2's padding constraints: ``square_pad`` (0 = no square padding, as its ``FPN`` by default)."""
+        return {"square_size": self._square_pad}
 
     def pyramid(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Map bottom-up maps ``{name: (N, C_k, H_k, W_k)}`` to ``{"p{k}": (N, d, H_k, W_k)}``.
