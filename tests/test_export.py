@@ -172,3 +172,56 @@ def test_detectron2_tracing_of_mask_rcnn(name):
             out = wrapper.outputs_schema(traced(image))
         assert len(eager) > 0
         assert_instances_allclose(in_canonical_order(eager), in_canonical_order(out), size_as_tensor=True)
+
+
+def _onnx_session(module, args, dynamic_axes):
+    import io
+
+    import onnxruntime as ort
+
+    f = io.BytesIO()
+    with torch.no_grad():  # the TorchScript-based exporter (dynamo=False), opset 17 (>= 16: aligned RoIAlign)
+        torch.onnx.export(module, args, f, opset_version=17, dynamo=False,
+                          input_names=[f"x{i}" for i in range(len(args))], dynamic_axes=dynamic_axes)
+    return ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_onnx_export_runs_in_onnxruntime(name):
+    """Faster R-CNN with each pyramid: traced with TracingAdapter, exported to ONNX with dynamic image
+    size, run in onnxruntime on two sizes. Detections equal eager within 1e-3 px / score, except for the
+    top-down-only pyramid: its finer levels are nearest-upsampled copies of one map, so many RPN
+    objectness logits are exact ties, and onnxruntime's float noise (1e-6) reorders them, which changes
+    which proposals survive top-k and NMS. There the pyramid's own outputs are checked instead, and the
+    share of tied logits is asserted (documented in README, Export)."""
+    torch.manual_seed(0)
+    model = build_model(zoo_cfg("COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", name)).eval()
+    img, small = images()
+
+    def inference(model, image):
+        return model.inference([{"image": image}], do_postprocess=False)[0]
+
+    wrapper = TracingAdapter(model, (img,), inference)
+    wrapper.eval()
+    sess = _onnx_session(wrapper, (img,), {"x0": {1: "height", 2: "width"}})
+    for image in (img, small):
+        with torch.no_grad():
+            eager = inference(model, image)
+        onnx = wrapper.outputs_schema([torch.as_tensor(o) for o in sess.run(None, {"x0": image.numpy()})])
+        assert len(onnx) == len(eager) > 0
+        if name == "build_fpn_top_down_only_backbone":
+            continue
+        a, b = in_canonical_order(eager), in_canonical_order(onnx)
+        assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)
+        assert torch.allclose(a.scores, b.scores, atol=1e-3)
+    if name == "build_fpn_top_down_only_backbone":
+        x = torch.randn(1, 3, 96, 128)
+        sess = _onnx_session(model.backbone, (x,), {"x0": {2: "height", 3: "width"}})
+        with torch.no_grad():
+            eager = model.backbone(x)
+            logits = model.proposal_generator.rpn_head([eager[f] for f in model.proposal_generator.in_features])[0]
+        for ref, out in zip(eager.values(), sess.run(None, {"x0": x.numpy()})):
+            assert torch.allclose(ref, torch.as_tensor(out), atol=1e-4)
+        flat = torch.cat([l.flatten() for l in logits])
+        tied = 1 - flat.unique().numel() / flat.numel()
+        assert tied > 0.3, tied  # measured 0.457 here (random weights, 96x128; fpn_full: 0.0)
