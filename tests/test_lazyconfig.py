@@ -76,9 +76,11 @@ def test_lazy_config_instantiates_and_steps_with_every_preset(path, preset):
     model = instantiate(cfg.model)
     assert type(model.backbone) is FeaturePyramid
     assert len(model.backbone.post_paths) == sum(p in ("bottom_up", "bifpn") for p in PRESETS[preset]["paths"])
-    # a training step (R-50, CPU: ~15 s) for fpn_full on every config and for every other preset on one
-    # config each (presets spread over the configs); every pair is loaded and instantiated
-    if preset != "fpn_full" and list(PRESETS).index(preset) % len(LAZY) != LAZY.index(path):
+    # a training step (R-50, CPU: ~15 s) for every preset on FCOS (LazyConfig is its only config here;
+    # the yacs heads are stepped with every preset in test_heads.py), for fpn_full on every config and
+    # for every other preset on one more config each; every pair is loaded and instantiated
+    if (preset != "fpn_full" and "fcos" not in path
+            and list(PRESETS).index(preset) % len(LAZY) != LAZY.index(path)):
         return
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
