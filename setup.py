@@ -27,8 +27,8 @@ setup(
         "console_scripts": [
             "fpn-variants-train=fpn_variants.train_net:invoke_main",
             "fpn-variants-lazy-train=fpn_variants.lazy_train_net:invoke_main",
-            "fpn-variants-sweep=fpn_variants.sweep:cli",
-            "fpn-variants-report=fpn_variants.report:cli",
+            "fpn-variants-sweep=fpn_variants.experiments.sweep:cli",
+            "fpn-variants-report=fpn_variants.experiments.report:cli",
         ]
     },
     extras_require={

@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from fpn_variants.results import write_json_atomic, write_text_atomic  # noqa: E402
+from fpn_variants.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def build_backbone(config: str):

@@ -67,11 +67,11 @@ if REPO not in sys.path:  # run as a script from a checkout
 
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
 
 import fpn_variants  # noqa: E402
 from fpn_variants.config import load_config  # noqa: E402
-from fpn_variants.results import write_json_atomic, write_text_atomic  # noqa: E402
+from fpn_variants.experiments.costs import count_gflops, count_params_m, time_round_robin  # noqa: E402
+from fpn_variants.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 
 REFERENCE = "detectron2 FPN"
 
@@ -219,20 +219,6 @@ class _Fixed(nn.Module):
         return self.shapes
 
 
-def _flops(model, inputs) -> float:
-    """GFLOPs of one call: Detectron2's counter for a detector (a list of input dicts), fvcore's for a
-    module taking tensors."""
-    if isinstance(inputs, list):
-        fca = FlopCountAnalysis(model, inputs)
-    else:
-        from fvcore.nn import FlopCountAnalysis as TensorFlopCountAnalysis
-
-        fca = TensorFlopCountAnalysis(model, inputs)
-    fca.unsupported_ops_warnings(False)
-    fca.uncalled_modules_warnings(False)
-    return fca.total() / 1e9
-
-
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
     """This machine's fp32 matmul throughput in GFLOP/s (multiply-add = 1 flop, as fvcore), the best
     of ``repeats`` ``torch.mm`` calls of n x n matrices after one warm-up call."""
@@ -256,41 +242,28 @@ def measure_inference(setting: Setting, keys: Sequence[str], repeats: int, warmu
         calibrate_norms(model, inputs)
         models[key] = model
         backbone = model.backbone
-        row = dict(setting=setting.key, model=key, params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+        row = dict(setting=setting.key, model=key, params_M=count_params_m(model))
         with torch.no_grad():
-            row["GFLOPs"] = _flops(model, inputs)
+            row["GFLOPs"] = count_gflops(model, inputs)
         bottom_up = getattr(backbone, "bottom_up", None)
         if bottom_up is not None:
-            row["neck_params_M"] = sum(p.numel() for n, p in backbone.named_parameters()
-                                       if not n.startswith("bottom_up.")) / 1e6
+            row["neck_params_M"] = count_params_m(backbone, skip_prefix="bottom_up.")
             x = model.preprocess_image(inputs).tensor
             with torch.no_grad():  # not inference_mode: fvcore's tracer reuses these maps
                 feats = bottom_up(x)
             # the neck alone: the same backbone module with its bottom-up swapped for the fixed maps
             backbone.bottom_up = _Fixed(feats, bottom_up.output_shape())
             with torch.no_grad():
-                row["neck_GFLOPs"] = _flops(backbone, (x,))
+                row["neck_GFLOPs"] = count_gflops(backbone, (x,))
             necks[key] = (backbone, x)
             row["_restore"] = bottom_up
         rows[key] = row
-    neck_times = {k: [] for k in necks}
-    e2e_times = {k: [] for k in models}
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            for key, (backbone, x) in necks.items():
-                t = time.perf_counter()
-                backbone(x)
-                if i >= warmup:
-                    neck_times[key].append(time.perf_counter() - t)
+        neck_times = time_round_robin({k: functools.partial(b, x) for k, (b, x) in necks.items()}, warmup, repeats)
         for key, row in rows.items():  # back to the real bottom-up for end-to-end timing
             if "_restore" in row:
                 models[key].backbone.bottom_up = row.pop("_restore")
-        for i in range(warmup + repeats):
-            for key, model in models.items():
-                t = time.perf_counter()
-                model(inputs)
-                if i >= warmup:
-                    e2e_times[key].append(time.perf_counter() - t)
+        e2e_times = time_round_robin({k: functools.partial(m, inputs) for k, m in models.items()}, warmup, repeats)
     for key, row in rows.items():
         if key in neck_times:
             row["neck_latency_ms"] = 1e3 * statistics.median(neck_times[key])

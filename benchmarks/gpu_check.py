@@ -49,7 +49,7 @@ import benchmark as bench  # noqa: E402
 from bench_recipe import parse_log  # noqa: E402
 
 from fpn_variants.amp import AutocastInference  # noqa: E402
-from fpn_variants.results import write_json_atomic, write_text_atomic  # noqa: E402
+from fpn_variants.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 
 PAPER_S_PER_IMAGE = 0.148  # Lin et al. 2017, R-50 FPN Faster R-CNN, one NVIDIA M40
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

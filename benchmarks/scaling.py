@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark as bench  # noqa: E402
 
-from fpn_variants.results import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from fpn_variants.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 
 PARTS = ("neck", "e2e")
 REFERENCE = bench.REFERENCE

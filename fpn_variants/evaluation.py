@@ -33,7 +33,7 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils import comm
 from pycocotools.coco import COCO
 
-from .results import write_json_atomic
+from .fileio import write_json_atomic
 
 __all__ = ["AREA_RANGES", "ProposalRecallEvaluator", "greedy_match_ious", "average_recall"]
 

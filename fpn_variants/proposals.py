@@ -55,7 +55,7 @@ def dump_proposals(cfg, output_dir: str, datasets: Optional[Sequence[str]] = Non
 
     from .amp import autocast_inference
     from .engine import Trainer, is_proposal_only
-    from .results import write_bytes_atomic
+    from .fileio import write_bytes_atomic
     from .safety import safe_pickle_in_detectron2
 
     if not is_proposal_only(cfg):

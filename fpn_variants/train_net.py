@@ -25,7 +25,7 @@ import fpn_variants  # noqa: F401  registers backbones and datasets (also in spa
 
 from .config import load_config
 from .engine import Trainer, load_weights_for_eval
-from .results import write_json_atomic
+from .fileio import write_json_atomic
 
 __all__ = ["setup", "main", "invoke_main"]
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .results import write_bytes_atomic
+from .fileio import write_bytes_atomic
 
 __all__ = ["draw_detections", "main"]
 

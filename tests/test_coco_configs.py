@@ -27,7 +27,7 @@ def coco_mini(neon_root, tmp_path_factory):
     from detectron2.data.datasets import register_coco_instances
     from detectron2.data.datasets.coco import convert_to_coco_dict
 
-    from fpn_variants.results import write_json_atomic
+    from fpn_variants.fileio import write_json_atomic
 
     root = tmp_path_factory.mktemp("coco_mini")
     for name, source in ((TRAIN, "neon_trees_train"), (VAL, "neon_trees_val")):

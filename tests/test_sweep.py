@@ -13,10 +13,17 @@ import time
 import pytest
 
 from conftest import REPO
-from fpn_variants.report import ranking_agreement, write_report
-from fpn_variants.results import final_metrics, final_train_loss, read_metrics, train_seconds_per_iter
-from fpn_variants.suites import SUITES, Metric, Row, Suite, config_root, get_suite
-from fpn_variants.sweep import plan_runs, run_status, run_sweep
+from fpn_variants.experiments.folder import SweepFolder
+from fpn_variants.experiments.records import read_metrics, run_summary
+from fpn_variants.experiments.report import ranking_agreement, write_report
+from fpn_variants.experiments.suites import SUITES, Metric, Row, Suite, config_root, get_suite
+from fpn_variants.experiments.sweep import plan_runs, run_sweep
+
+run_status = SweepFolder.read_record
+
+
+def final_train_loss(run_dir):
+    return run_summary(run_dir, [])["train_loss"]
 
 # RPN-only on 96-px tiles, d = 32, 2 iterations of 2 tiles: ~10 s per run on 2 cores.
 TINY = (
@@ -122,11 +129,9 @@ def test_local_executor_two_rows_two_seeds(tmp_path):
     assert "## Discussion\n\nBottom-up matches FPN here because trees need little semantics.\n" in md
     assert "GFLOPs" not in md and "| AR100 | AR1k | seeds done | train s / it | final train loss |" in md
     # a row added to the suite since is accepted: it just has no runs yet
-    from fpn_variants.sweep import _check_manifest
-
     grown = Suite(suite.name, suite.title, suite.metrics, suite.headline,
                   suite.rows + (Row("e_top_down", "(e) top-down", "NEON/rpn_e_top_down.yaml"),), baseline="c_fpn")
-    assert _check_manifest(out, grown, TINY, [0], None) == [0, 1]
+    assert SweepFolder(out).update_manifest(grown, TINY, [0], None) == [0, 1]
     assert [r["key"] for r in json.load(open(os.path.join(out, "sweep.json")))["suite"]["rows"]][-1] == "e_top_down"
     # a suite without paper numbers (the beyond suites) is still ranked, by our means alone
     manifest = json.load(open(os.path.join(out, "sweep.json")))
@@ -203,7 +208,8 @@ def test_killed_sweep_loses_nothing_and_resumes_the_interrupted_run(tmp_path):
     assert "Starting training from iteration 0" in log and "Starting training from iteration 4" in log
     merged, _ = read_metrics(os.path.join(second, "metrics.json"))
     assert max(it for it, d in merged.items() if "total_loss" in d) == 11
-    assert run_status(second)["metrics"] == final_metrics(second, [m.key for m in AR])
+    rec = run_status(second)  # the run record holds the final metrics, speed and loss of metrics.json
+    assert {k: rec[k] for k in ("metrics", "s_per_it", "train_loss")} == run_summary(second, [m.key for m in AR])
 
 
 def test_metrics_json_read_robustly(tmp_path):
@@ -221,10 +227,10 @@ def test_metrics_json_read_robustly(tmp_path):
     (d / "metrics.json").write_text(text)
     merged, skipped = read_metrics(str(d / "metrics.json"))
     assert skipped == 1 and merged[19] == {"total_loss": 0.9} and merged[39]["bbox/AP"] == 12.5
-    fm = final_metrics(str(d), ["bbox/AP", "total_loss", "bbox/APl", "bbox/APs"])
+    fm = run_summary(str(d), ["bbox/AP", "total_loss", "bbox/APl", "bbox/APs"])["metrics"]
     assert fm["bbox/AP"] == 12.5 and fm["total_loss"] == 0.4 and fm["bbox/APl"] != fm["bbox/APl"]
     assert "bbox/APs" not in fm
-    assert final_metrics(str(tmp_path / "nowhere"), ["bbox/AP"]) == {}
+    assert run_summary(str(tmp_path / "nowhere"), ["bbox/AP"])["metrics"] == {}
 
 
 def test_training_speed_survives_resume_and_re_evaluation(tmp_path):
@@ -237,8 +243,8 @@ def test_training_speed_survives_resume_and_re_evaluation(tmp_path):
              {"iteration": 39, "time": 5.0},  # a resumed attempt re-logs iteration 39: the later value counts
              {"iteration": 60, "box_proposals/AR@1000": 41.0}]  # a re-evaluation-only attempt
     (d / "metrics.json").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
-    assert train_seconds_per_iter(str(d)) == 3.0  # median of 2.0, 5.0, 3.0
-    assert train_seconds_per_iter(str(tmp_path / "nowhere")) is None
+    assert run_summary(str(d), [])["s_per_it"] == 3.0  # median of 2.0, 5.0, 3.0
+    assert run_summary(str(tmp_path / "nowhere"), [])["s_per_it"] is None
 
 
 def test_final_train_loss_averages_the_last_fifth_of_training(tmp_path):
@@ -250,16 +256,10 @@ def test_final_train_loss_averages_the_last_fifth_of_training(tmp_path):
     (d / "metrics.json").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
     # lines at 179 and 199 cover iterations 160-199 (each a median over its 20); 159's covers 140-159
     assert final_train_loss(str(d)) == pytest.approx((0.25 + 0.1) / 2)
-    assert final_train_loss(str(d), fraction=1.0) == pytest.approx((0.9 + 0.5 + 0.3 + 0.25 + 0.1) / 5)
     assert final_train_loss(str(tmp_path / "nowhere")) is None
-    # the report reads each metrics.json once, for the same values
-    from fpn_variants.results import run_summary
-
     assert run_summary(str(d), ["box_proposals/AR@1000"]) == dict(
         metrics={"box_proposals/AR@1000": 41.0}, s_per_it=None, train_loss=pytest.approx(0.175))
     assert run_summary(str(tmp_path / "nowhere"), ["x"]) == dict(metrics={}, s_per_it=None, train_loss=None)
-    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 0"):
-        final_train_loss(str(d), fraction=0)
 
 
 def test_ranking_agreement_marks_swaps_within_seed_spread():
@@ -372,7 +372,7 @@ def test_every_beyond_row_builds_its_pyramid_with_its_opts(name):
 
 
 def test_claims_against_the_baseline_are_resolved_only_beyond_the_seed_spread():
-    from fpn_variants.report import versus_baseline
+    from fpn_variants.experiments.report import versus_baseline
 
     suite = get_suite("beyond-neon")
     assert suite.baseline == "fpn" and all(r.claim for r in suite.rows)
@@ -389,7 +389,7 @@ def test_claims_against_the_baseline_are_resolved_only_beyond_the_seed_spread():
 
 
 def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
-    from fpn_variants.results import write_text_atomic
+    from fpn_variants.fileio import write_text_atomic
 
     plain, atomic = tmp_path / "plain.txt", tmp_path / "atomic.txt"
     plain.write_text("x")
@@ -414,3 +414,67 @@ def test_more_seeds_for_some_rows_only(tmp_path):
     assert runs == [("c_fpn", "0", "done"), ("c_fpn", "1", "done"), ("d_bottom_up", "0", "done")]
     assert "Runs not done" not in open(os.path.join(out, "report.md")).read()  # d_bottom_up was never asked seed 1
     assert json.load(open(os.path.join(out, "sweep.json")))["row_seeds"] == {"c_fpn": [0, 1], "d_bottom_up": [0]}
+
+
+def test_the_library_never_imports_the_experiment_tooling():
+    """Issue 20's layering: modeling, config, data, evaluation, engine, fileio, ... import nothing of
+    fpn_variants.experiments (the ``python -m fpn_variants.sweep`` / ``report`` shims are its commands)."""
+    import ast
+
+    pkg = os.path.join(REPO, "fpn_variants")
+    commands = {os.path.join(pkg, "sweep.py"), os.path.join(pkg, "report.py")}
+    offenders = []
+    for root, _, files in os.walk(pkg):
+        if os.path.join(pkg, "experiments") in root:
+            continue
+        for name in files:
+            path = os.path.join(root, name)
+            if not name.endswith(".py") or path in commands:
+                continue
+            for node in ast.walk(ast.parse(open(path).read())):
+                mods = []
+                if isinstance(node, ast.ImportFrom):
+                    mods = [("." * node.level) + (node.module or "")] + [a.name for a in node.names]
+                elif isinstance(node, ast.Import):
+                    mods = [a.name for a in node.names]
+                if any("experiments" in m.split(".") for m in mods):
+                    offenders.append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
+    assert not offenders, offenders
+    code = ("import sys, fpn_variants, fpn_variants.engine, fpn_variants.train_net, fpn_variants.evaluation, "
+            "fpn_variants.proposals, fpn_variants.visualize, fpn_variants.data.neon; "
+            "assert not [m for m in sys.modules if m.startswith('fpn_variants.experiments')], sorted(sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["beyond-neon", "beyond-neon-2x"])
+def test_committed_result_folders_regenerate_byte_for_byte(name, tmp_path, monkeypatch):
+    """A committed result folder keeps no run folders: its report is rendered from the run records of
+    its results.json (the costs are the folder's costs.json, measured when the runs were made)."""
+    import shutil
+
+    import fpn_variants.experiments.report as report
+
+    src = os.path.join(REPO, "docs", "results", name)
+    dst = str(tmp_path / name)
+    shutil.copytree(src, dst)
+    committed_costs = json.load(open(os.path.join(src, "costs.json")))
+    monkeypatch.setattr(report, "row_costs", lambda sweep_dir, suite, opts: committed_costs)
+    paths = report.write_report(dst)
+    for key in ("results.csv", "results.json", "report.md", "png"):
+        with open(paths[key], "rb") as a, open(os.path.join(src, os.path.basename(paths[key])), "rb") as b:
+            assert a.read() == b.read(), f"{name}/{os.path.basename(paths[key])} differs"
+
+
+def test_a_suite_of_ones_own_is_not_attributed_to_the_fpn_paper(tmp_path):
+    """The report's source line and plot label come from the suite: a JSON suite without a citation
+    (e.g. the AMP suites) names its own source, not "Paper: Lin et al."."""
+    from fpn_variants.experiments.report import _header
+    from fpn_variants.experiments.sweep import load_suite
+
+    amp = load_suite(os.path.join(REPO, "docs", "results", "amp", "amp-rpn.json"))
+    head = "\n".join(_header(dict(suite=amp, commands=[], seeds=[0], opts=[])))
+    assert "Source: issue 17 (mixed precision)." in head and "Lin et al." not in head
+    t1 = "\n".join(_header(dict(suite=get_suite("table1-neon"), commands=[], seeds=[0], opts=[])))
+    assert "Paper: Lin et al., FPN, CVPR 2017, Table 1." in t1
+    assert get_suite("table1").dataset == "COCO" and amp.dataset == ""

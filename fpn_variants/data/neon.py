@@ -51,7 +51,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..results import write_bytes_atomic
+from ..fileio import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

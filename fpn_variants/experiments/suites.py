@@ -50,6 +50,9 @@ class Suite:
     ``proposals``: for a Fast R-CNN suite (Table 2), the config of the RPN whose proposals every
     row is trained and evaluated on (dumped once, in Detectron2's precomputed-proposal format).
     ``baseline``: key of the row every other row is compared with (the report's claims section).
+    ``citation``: the publication the rows' paper numbers come from (e.g. ``"Lin et al., FPN, CVPR
+    2017"``; empty for a suite of one's own, whose report names only its ``source``); ``dataset``: the
+    data of those paper numbers (``"COCO"``), labelled so in the report's plot.
     """
 
     name: str
@@ -61,6 +64,8 @@ class Suite:
     notes: str = ""
     proposals: Optional[str] = None
     baseline: Optional[str] = None
+    citation: str = ""
+    dataset: str = ""
 
     def __post_init__(self):
         names = [m.name for m in self.metrics]
@@ -87,7 +92,8 @@ class Suite:
         Raises:
             ValueError: a missing or unknown field (named), or an inconsistent suite.
         """
-        allowed = {"name", "title", "metrics", "headline", "rows", "source", "notes", "proposals", "baseline"}
+        allowed = {"name", "title", "metrics", "headline", "rows", "source", "notes", "proposals", "baseline", "citation",
+                   "dataset"}
         unknown = sorted(set(d) - allowed)
         missing = sorted({"name", "title", "metrics", "headline", "rows"} - set(d))
         if unknown or missing:
@@ -102,16 +108,15 @@ class Suite:
         except (TypeError, KeyError) as e:
             raise ValueError(f"suite {d.get('name')!r}: bad metric or row entry ({e}); a metric is "
                              "{'key', 'name'}, a row {'key', 'label', 'config', 'opts'?, 'paper'?}") from e
-        rest = {k: d[k] for k in ("source", "notes", "proposals", "baseline") if k in d}
+        rest = {k: d[k] for k in ("source", "notes", "proposals", "baseline", "citation", "dataset") if k in d}
         return cls(d["name"], d["title"], metrics, d["headline"], rows, **rest)
 
 
 def config_root() -> str:
     """Folder that suite configs are relative to: ``$FPN_VARIANTS_CONFIGS`` or the repository's
     ``configs/`` (next to the ``fpn_variants`` package)."""
-    return os.environ.get("FPN_VARIANTS_CONFIGS") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"
-    )
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("FPN_VARIANTS_CONFIGS") or os.path.join(os.path.dirname(package), "configs")
 
 
 AR = (
@@ -166,12 +171,16 @@ _NEON_NOTE = (
 )
 
 
+FPN_PAPER = "Lin et al., FPN, CVPR 2017"
+
+
 def _suite(name, title, source, metrics, headline, table, folder, notes="", proposals=None):
     rows = tuple(
         Row(key, label, f"{folder}/{stem}.yaml", (), _paper(metrics, vals) if vals else {})
         for key, label, stem, vals in table
     )
-    return Suite(name, title, metrics, headline, rows, source=source, notes=notes, proposals=proposals)
+    return Suite(name, title, metrics, headline, rows, source=source, notes=notes, proposals=proposals,
+                 citation=FPN_PAPER, dataset="COCO")
 
 
 SUITES: Dict[str, Suite] = {}
@@ -242,7 +251,8 @@ def _beyond_suite(name, folder, note):
     rows = tuple(Row(k, label, f"{folder}/{stem}.yaml", opts, {}, claim)
                  for k, label, stem, opts, claim in (_PER_DATASET[folder].get(r, r) for r in _BEYOND))
     return Suite(name, "Beyond the paper: each design claim against the FPN baseline (RPN, Table 1 protocol)",
-                 AR, "AR1k", rows, source="§3, §4.1; Liu et al. 2018; Tan et al. 2020", notes=note, baseline="fpn")
+                 AR, "AR1k", rows, source="§3, §4.1; Liu et al. 2018; Tan et al. 2020", notes=note, baseline="fpn",
+                 citation=FPN_PAPER)
 
 
 register_suite(_beyond_suite("beyond", "COCO", "COCO 2017, the paper's R-50 RPN schedule (GPUs)."))

@@ -1,0 +1,89 @@
+"""The one cost measurement of a model: parameters, FLOPs and latency. ``benchmarks/benchmark.py``
+(pyramids against Detectron2's FPN in one run) and the sweep report's cost columns both measure
+with these functions.
+
+FLOPs are fvcore's count (through Detectron2's ``FlopCountAnalysis`` for a detector taking a list
+of input dicts): one fused multiply-add = 1 flop, as Detectron2 counts. Latency is the median of
+``time.perf_counter`` differences (seconds) over calls after warm-up calls, taken round-robin when
+several models are timed, so that a drift of the machine's speed hits every model alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+__all__ = ["count_gflops", "count_params_m", "time_round_robin", "model_cost", "LATENCY_WARMUP", "LATENCY_REPEATS"]
+
+LATENCY_WARMUP, LATENCY_REPEATS = 2, 10
+
+
+def count_gflops(model, inputs) -> float:
+    """GFLOPs of one call ``model(inputs)``: Detectron2's counter for a detector (``inputs`` a list of
+    ``{"image": (C, H, W) tensor, "height", "width"}`` dicts), fvcore's for a module taking tensors
+    (``inputs`` a tuple). Unsupported-op and uncalled-module warnings are silenced: the operators
+    they name (e.g. NMS, upsampling) do no multiply-adds."""
+    if isinstance(inputs, list):
+        from detectron2.utils.analysis import FlopCountAnalysis
+    else:
+        from fvcore.nn import FlopCountAnalysis
+    fca = FlopCountAnalysis(model, inputs)
+    fca.unsupported_ops_warnings(False)
+    fca.uncalled_modules_warnings(False)
+    return fca.total() / 1e9
+
+
+def count_params_m(model, skip_prefix: Optional[str] = None) -> float:
+    """Parameters of ``model`` in millions, leaving out those whose name starts with ``skip_prefix``
+    (e.g. ``"bottom_up."`` for the pyramid alone)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not (skip_prefix and n.startswith(skip_prefix))) / 1e6
+
+
+def time_round_robin(calls: Dict[str, Callable[[], object]], warmup: int = LATENCY_WARMUP,
+                     repeats: int = LATENCY_REPEATS) -> Dict[str, List[float]]:
+    """Seconds of each call, ``warmup + repeats`` rounds, each round calling every entry once in order;
+    returns the ``repeats`` timed durations per key (warm-up rounds dropped).
+
+    Raises:
+        ValueError: ``repeats`` < 1 or ``warmup`` < 0.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+    times: Dict[str, List[float]] = {k: [] for k in calls}
+    for i in range(warmup + repeats):
+        for key, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[key].append(time.perf_counter() - t)
+    return times
+
+
+def model_cost(cfg) -> dict:
+    """Cost of the whole model of a Detectron2 config, randomly initialised (seed 0), on CPU, on one
+    random S x S image, S = ``INPUT.MIN_SIZE_TEST``: ``params_m`` (millions), ``gflops``, ``latency_s``
+    (median of :data:`LATENCY_REPEATS` calls after :data:`LATENCY_WARMUP`, batch 1,
+    ``torch.inference_mode``, this process's torch threads), ``image`` ("SxS") and ``threads``.
+
+    The RoI head runs on ``MODEL.RPN.POST_NMS_TOPK_TEST`` proposals whatever the weights, so random
+    weights cost what trained ones do up to the final NMS; the backbone + pyramid part is exact.
+    """
+    import torch
+    from detectron2.modeling import build_model
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    size = int(cfg.INPUT.MIN_SIZE_TEST)
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(3, size, size, generator=g) * 255).round()
+    inputs = [{"image": image, "height": size, "width": size}]
+    with torch.no_grad():
+        gflops = count_gflops(model, inputs)
+    with torch.inference_mode():
+        times = time_round_robin({"model": lambda: model(inputs)})["model"]
+    return dict(params_m=count_params_m(model), gflops=gflops, image=f"{size}x{size}",
+                latency_s=statistics.median(times), threads=torch.get_num_threads())

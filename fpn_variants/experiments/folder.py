@@ -1,0 +1,272 @@
+"""The one owner of a sweep folder's layout: the sweep writes through it, the report reads through it.
+
+Layout of ``SweepFolder(path)``::
+
+    sweep.json                 the manifest: suite, seeds (per row), overrides, the commands that ran
+    .sweep.lock                held by the one sweep writing into the folder
+    <row key>/seed<k>/         one run: Detectron2's own files (config.yaml, log.txt, metrics.json,
+                               model_final.pth), stdout.txt and run.json, the run record
+    proposals/                 a Fast R-CNN suite's proposals RPN and its dumped proposals
+    costs.json                 each row's parameters, GFLOPs and latency (cached by config content)
+    discussion.md              a person's reading of the results, carried into report.md
+    results.csv, results.json, report.md, <suite>.png    the report
+
+The **run record** (``run.json``) is the one source of a run's final metrics and speed: the sweep
+writes it when the run ends (status, command, seconds, final metrics, training seconds per iteration,
+final training loss, error); the report reads nothing else of a run. A committed result folder
+(``docs/results/<suite>/``) keeps the report but not the run folders: there the records of
+``results.json`` stand in for the missing ``run.json`` files, so its report regenerates from it.
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+from ..fileio import write_json_atomic
+from .records import run_summary
+from .suites import SUITES, Suite, config_root
+
+__all__ = ["SweepFolder", "resolve_config", "load_run_config"]
+
+
+def resolve_config(path: str) -> str:
+    """The absolute path of a suite's config file (relative ones are under :func:`config_root`).
+
+    Raises:
+        FileNotFoundError: the file does not exist (the path looked at is named).
+    """
+    full = path if os.path.isabs(path) else os.path.join(config_root(), path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"config {path!r} of the suite not found (looked at {full}; configs are "
+                                "relative to $FPN_VARIANTS_CONFIGS or the repository's configs/)")
+    return full
+
+
+@functools.lru_cache(maxsize=256)
+def _load_run_config(config_file: str, opts: tuple, mtime: float):
+    from ..config import load_config
+
+    cfg = load_config(config_file, list(opts))
+    cfg.freeze()
+    return cfg
+
+
+def load_run_config(config_file: str, opts: Sequence[str]):
+    """The frozen Detectron2 config of a run (``config_file`` + ``opts``), parsed once per file
+    content and overrides (a Fast R-CNN row's datasets, its iterations and its costs read the same one).
+
+    Raises:
+        the errors of :func:`fpn_variants.config.load_config` (unknown key, invalid value).
+    """
+    return _load_run_config(config_file, tuple(opts), os.path.getmtime(config_file))
+
+
+class SweepFolder:
+    """A sweep folder (see the module docstring for its layout).
+
+    Args:
+        path: the folder (made absolute; it need not exist yet).
+    """
+
+    MANIFEST = "sweep.json"
+    RUN_FILE = "run.json"
+    COSTS = "costs.json"
+    DISCUSSION = "discussion.md"
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    def __repr__(self) -> str:
+        return f"SweepFolder({self.path!r})"
+
+    # -- paths -------------------------------------------------------------------------------------
+    def file(self, name: str) -> str:
+        """``path/name``."""
+        return os.path.join(self.path, name)
+
+    def run_dir(self, row: str, seed: int) -> str:
+        """The folder of one run: ``path/<row>/seed<seed>``."""
+        return os.path.join(self.path, row, f"seed{seed}")
+
+    @property
+    def proposals_dir(self) -> str:
+        """The folder of a Fast R-CNN suite's proposals RPN: ``path/proposals``."""
+        return os.path.join(self.path, "proposals")
+
+    def report_paths(self, suite: Suite) -> Dict[str, str]:
+        """``{"results.csv", "results.json", "report.md", "png"}`` -> paths of the report's files."""
+        paths = {n: self.file(n) for n in ("results.csv", "results.json", "report.md")}
+        paths["png"] = self.file(f"{suite.name}.png")
+        return paths
+
+    # -- the run record ----------------------------------------------------------------------------
+    @classmethod
+    def read_record(cls, run_dir: str) -> Optional[dict]:
+        """The run record ``run_dir/run.json``, or ``None`` if it has none (never started or
+        interrupted before its end)."""
+        try:
+            with open(os.path.join(run_dir, cls.RUN_FILE)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def write_record(cls, run_dir: str, record: dict) -> None:
+        """Write the run record ``run_dir/run.json`` atomically."""
+        write_json_atomic(os.path.join(run_dir, cls.RUN_FILE), record)
+
+    @staticmethod
+    def summarize_run(run_dir: str, metric_keys: Sequence[str]) -> dict:
+        """What a record stores of a run's ``metrics.json``: ``metrics`` (final value per key),
+        ``s_per_it``, ``train_loss`` (:func:`fpn_variants.experiments.records.run_summary`)."""
+        return run_summary(run_dir, metric_keys)
+
+    # -- the manifest ------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.isfile(self.file(self.MANIFEST))
+
+    def manifest(self) -> dict:
+        """``sweep.json`` as written by :meth:`update_manifest`.
+
+        Raises:
+            FileNotFoundError: the folder has no ``sweep.json``.
+        """
+        if not self.exists():
+            raise FileNotFoundError(f"{self.path} is not a sweep folder: it has no {self.MANIFEST} "
+                                    "(run fpn_variants.sweep first)")
+        with open(self.file(self.MANIFEST)) as f:
+            return json.load(f)
+
+    def suite(self, manifest: Optional[dict] = None) -> Suite:
+        """The suite the folder's runs were made with. A manifest written before suites carried their
+        ``citation`` / ``dataset`` takes them from the registered suite of the same name."""
+        d = dict((manifest or self.manifest())["suite"])
+        known = SUITES.get(d["name"])
+        if known is not None:
+            for k in ("citation", "dataset"):
+                d.setdefault(k, getattr(known, k))
+        return Suite.from_dict(d)
+
+    def update_manifest(self, suite: Suite, opts: Sequence[str], seeds: Sequence[int], command: Optional[str],
+                        rows: Optional[set] = None) -> List[int]:
+        """Write ``sweep.json`` for a call running ``seeds`` of ``rows`` (``None``: every row) with the
+        overrides ``opts``; returns every seed of the folder.
+
+        ``row_seeds`` in the manifest: the seeds asked for each row over every call, so that the report
+        expects seed 2 only of the rows that were given 3 seeds.
+
+        Raises:
+            ValueError: the folder holds a sweep of another suite or other overrides, or a row whose
+                config or overrides changed since its runs (results of different settings must not be
+                averaged together). Rows added to the suite since are fine.
+        """
+        old = self.manifest() if self.exists() else None
+        if old:
+            if old["suite"]["name"] != suite.name or list(old["opts"]) != list(opts):
+                raise ValueError(
+                    f"{self.path} holds a sweep of suite {old['suite']['name']!r} with overrides {old['opts']}; this "
+                    f"call asks for {suite.name!r} with {list(opts)}. Use another --output (results of different "
+                    "settings must not be averaged together)."
+                )
+            before = {r["key"]: (r["config"], list(r["opts"])) for r in old["suite"]["rows"]}
+            for row in suite.rows:
+                if row.key in before and before[row.key] != (row.config, list(row.opts)):
+                    raise ValueError(
+                        f"row {row.key!r} of {self.path} was run as {before[row.key][0]} {before[row.key][1]}; the "
+                        f"suite now defines it as {row.config} {list(row.opts)}. Use another --output (results of "
+                        "different settings must not be averaged together)."
+                    )
+        all_seeds = sorted(set(seeds) | set(old["seeds"] if old else ()))
+        row_seeds = dict(old.get("row_seeds") or self._seeds_with_a_folder(old)) if old else {}
+        for row in suite.rows:
+            asked = set(seeds) if rows is None or row.key in rows else set()
+            row_seeds[row.key] = sorted(set(row_seeds.get(row.key, ())) | asked)
+        commands = list(old.get("commands", [])) if old else []
+        if command and command not in commands:
+            commands.append(command)
+        write_json_atomic(self.file(self.MANIFEST), dict(suite=suite.to_dict(), seeds=all_seeds, opts=list(opts),
+                                                         commands=commands, row_seeds=row_seeds))
+        return all_seeds
+
+    def _seeds_with_a_folder(self, manifest: dict) -> Dict[str, List[int]]:
+        """Seeds per row of a manifest written before ``row_seeds`` existed: those with a run folder."""
+        return {r["key"]: [k for k in manifest["seeds"] if os.path.isdir(self.run_dir(r["key"], k))]
+                for r in manifest["suite"]["rows"]}
+
+    # -- what the report reads ---------------------------------------------------------------------
+    def runs(self, suite: Suite, manifest: dict) -> List[dict]:
+        """Every run the manifest asks for, in suite row order then seed order: ``{row, seed, status
+        ("done" | "failed" | "not finished"), seconds, s_per_it, train_loss, error, metrics: {metric
+        name: value}}``, from its run record. Where the run folder is absent (a committed result folder),
+        the run as ``results.json`` last recorded it; a record written before records stored the speed
+        and loss gets them from the run's ``metrics.json``."""
+        committed = self._committed_runs()
+        out = []
+        for row in suite.rows:
+            for seed in manifest.get("row_seeds", {}).get(row.key, manifest["seeds"]):
+                run_dir = self.run_dir(row.key, seed)
+                if not os.path.isdir(run_dir) and (row.key, seed) in committed:
+                    out.append(committed[(row.key, seed)])
+                    continue
+                rec = self.read_record(run_dir) or {}
+                if "s_per_it" not in rec or "train_loss" not in rec:  # no record yet, or an older one
+                    rec = {**rec, **self.summarize_run(run_dir, [m.key for m in suite.metrics])}
+                vals = rec.get("metrics") or {}
+                out.append(dict(
+                    row=row.key, seed=seed, status=rec.get("status", "not finished"), seconds=rec.get("seconds"),
+                    s_per_it=rec["s_per_it"], train_loss=rec["train_loss"], error=rec.get("error"),
+                    metrics={m.name: vals[m.key] for m in suite.metrics if m.key in vals},
+                ))
+        return out
+
+    def _committed_runs(self) -> Dict[tuple, dict]:
+        """The runs of ``results.json``, keyed by (row, seed). A metric stored as ``null`` was NaN (strict
+        JSON has none; e.g. AP_l without large objects): a metric never logged is absent instead."""
+        try:
+            with open(self.file("results.json")) as f:
+                runs = json.load(f).get("runs", [])
+        except (OSError, ValueError):
+            return {}
+        nan = float("nan")
+        return {(r["row"], r["seed"]): {**r, "metrics": {k: nan if v is None else v for k, v in r["metrics"].items()}}
+                for r in runs}
+
+    def discussion(self) -> str:
+        """The folder's ``discussion.md`` ("" without one)."""
+        try:
+            with open(self.file(self.DISCUSSION)) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    # -- the writers' lock -------------------------------------------------------------------------
+    def lock(self) -> "_Lock":
+        """A context manager holding the folder for one sweep.
+
+        Raises:
+            RuntimeError: on entering, when another sweep holds the folder.
+        """
+        os.makedirs(self.path, exist_ok=True)
+        return _Lock(self.file(".sweep.lock"))
+
+
+class _Lock:
+    def __init__(self, path: str):
+        self._path = path
+        self._f = None
+
+    def __enter__(self):
+        self._f = open(self._path, "w")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.close()
+            raise RuntimeError(f"another sweep is running in {os.path.dirname(self._path)} (lock {self._path})") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
