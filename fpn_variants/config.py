@@ -9,7 +9,7 @@ Keys Detectron2 already has are *not* repeated here: the pyramid reads ``MODEL.F
 import yaml
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_fpn_variants_config", "load_config", "register_coco_datasets", "resnet_fpn_cfg", "validate_config"]
+__all__ = ["add_fpn_variants_config", "load_config", "register_coco_datasets", "validate_config"]
 
 
 def add_fpn_variants_config(cfg: CN) -> CN:
@@ -263,26 +263,4 @@ def load_config(config_file: str, opts=(), cfg: CN = None) -> CN:
         raise _unknown_key_error(cfg, e, "the command-line overrides") from None
     register_coco_datasets(cfg)
     validate_config(cfg)
-    return cfg
-
-
-def resnet_fpn_cfg(depth: int = 50, out_channels: int = 256) -> CN:
-    """A default Detectron2 config with the ``FPN_VARIANTS`` node, a ResNet-``depth`` bottom-up
-    pathway outputting C2..C5 (``res2..res5``) and ``d = out_channels``: the common starting point of
-    the parity test and the neck benchmark. ResNet-18/34 get ``RES2_OUT_CHANNELS = 64``.
-
-    Raises:
-        ValueError: ``depth`` not in 18, 34, 50, 101, 152.
-    """
-    from detectron2.config import get_cfg
-
-    if depth not in (18, 34, 50, 101, 152):
-        raise ValueError(f"depth={depth} is not a ResNet depth; valid: 18, 34, 50, 101, 152")
-    cfg = add_fpn_variants_config(get_cfg())
-    cfg.MODEL.RESNETS.DEPTH = depth
-    if depth in (18, 34):
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = out_channels
     return cfg

@@ -5,11 +5,19 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
-from fpn_variants.config import resnet_fpn_cfg
+from fpn_variants.config import add_fpn_variants_config
 
 
 def cfg_for(depth, norm, fuse_type):
-    cfg = resnet_fpn_cfg(depth)
+    """A default Detectron2 config: a ResNet-``depth`` bottom-up pathway with C2..C5 (res2..res5), d = 256."""
+    from detectron2.config import get_cfg
+
+    cfg = add_fpn_variants_config(get_cfg())
+    cfg.MODEL.RESNETS.DEPTH = depth
+    if depth in (18, 34):
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FPN.NORM = norm
     cfg.MODEL.FPN.FUSE_TYPE = fuse_type
     cfg.MODEL.BACKBONE.NAME = "build_fpn_full_backbone"

@@ -1,7 +1,7 @@
 """Pyramid parts, presets and their Detectron2 backbone builders (registered on import)."""
 from .backbone import (TOP_BLOCKS, backbone_name, build_pyramid_backbone, check_backbone_name, preset_pyramid,
                        pyramid_kwargs_from_cfg)
-from .presets import PAPER_ROWS, PRESETS
+from .presets import PRESETS
 from .roi_heads import Conv5ROIHeads, ResNetConv5ROIHeads
 from . import timm_backbone  # noqa: F401  (registers build_timm_backbone)
 from .timm_backbone import TimmBottomUp
@@ -9,7 +9,6 @@ from .pyramid import FeaturePyramid, ResidualBottleneck, build_lateral, build_ou
 
 __all__ = [
     "TOP_BLOCKS",
-    "PAPER_ROWS",
     "PRESETS",
     "FeaturePyramid",
     "ResidualBottleneck",

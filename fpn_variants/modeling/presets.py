@@ -6,7 +6,7 @@ Each preset is a table entry of keyword arguments, not a class; a new variant is
 """
 from typing import Dict
 
-__all__ = ["PRESETS", "PAPER_ROWS"]
+__all__ = ["PRESETS"]
 
 PRESETS: Dict[str, dict] = {
     # Table 1(c) / 3(c): 1x1 laterals, top-down pathway (nearest x2, sum), 3x3 output convs.
@@ -25,15 +25,4 @@ PRESETS: Dict[str, dict] = {
     # BiFPN (Tan et al., CVPR 2020): 1x1 laterals to d, then FPN_VARIANTS.PATH_REPEATS BiFPN layers.
     # EfficientDet's fusion is MODEL.FPN.FUSE_TYPE "weighted" (+ FPN_VARIANTS.SEPARABLE_CONV True).
     "fpn_bifpn": dict(lateral="conv1x1", lateral_levels="all", paths=("bifpn",), output="none"),
-}
-
-# Where each preset comes from, for docs and reports.
-PAPER_ROWS: Dict[str, str] = {
-    "fpn_full": "Table 1(c), Table 3(c): FPN",
-    "fpn_bottom_up_only": "Table 1(d): bottom-up pyramid",
-    "fpn_top_down_only": "Table 1(e): top-down pyramid, w/o lateral",
-    "fpn_lateral_only": "Fig. 1(c): pyramidal feature hierarchy (laterals only)",
-    "fpn_residual": "§3: residual blocks as the connections",
-    "fpn_panet": "beyond: PANet bottom-up path augmentation (Liu et al. 2018)",
-    "fpn_bifpn": "beyond: BiFPN layers (Tan et al. 2020, EfficientDet)",
 }
