@@ -189,8 +189,9 @@ def _onnx_session(module, args, dynamic_axes):
 @pytest.mark.parametrize("name", BUILDERS)
 def test_onnx_export_runs_in_onnxruntime(name):
     """Faster R-CNN with each pyramid: traced with TracingAdapter, exported to ONNX with dynamic image
-    size, run in onnxruntime on two sizes. Detections equal eager within 1e-3 px / score, except for the
-    top-down-only pyramid: its finer levels are nearest-upsampled copies of one map, so many RPN
+    size, run in onnxruntime on two sizes. Scores equal eager within 1e-3 and >= 98 % of the detections
+    are eager's within 1e-3 px (near-tied overlapping boxes may swap in NMS), except for the top-down-only
+    pyramid: its finer levels are nearest-upsampled copies of one map, so many RPN
     objectness logits are exact ties, and onnxruntime's float noise (1e-6) reorders them, which changes
     which proposals survive top-k and NMS. There the pyramid's own outputs are checked instead, and the
     share of tied logits is asserted (documented in README, Export)."""
@@ -212,8 +213,15 @@ def test_onnx_export_runs_in_onnxruntime(name):
         if name == "build_fpn_top_down_only_backbone":
             continue
         a, b = in_canonical_order(eager), in_canonical_order(onnx)
-        assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)
         assert torch.allclose(a.scores, b.scores, atol=1e-3)
+        # one-to-one: each ONNX detection is an eager one (class, box within 1e-3 px). A random-init
+        # detector scores every box 0.98-0.9999, so two overlapping boxes can tie within onnxruntime's
+        # float noise and NMS keeps the other one: measured once in 100 for PANet on an AMD EPYC
+        # (scores 0.99978870 / 0.99978882), never on a Xeon. Up to 2 of 100 may differ that way.
+        same_class = a.pred_classes[:, None] == b.pred_classes[None, :]
+        close = (a.pred_boxes.tensor[:, None, :] - b.pred_boxes.tensor[None, :, :]).abs().amax(-1) < 1e-3
+        matched = (same_class & close).any(0).float().mean().item()
+        assert matched >= 0.98, matched
     if name == "build_fpn_top_down_only_backbone":
         x = torch.randn(1, 3, 96, 128)
         sess = _onnx_session(model.backbone, (x,), {"x0": {2: "height", 3: "width"}})
