@@ -60,6 +60,9 @@ def add_fpn_variants_config(cfg: CN) -> CN:
     _C.FPN_VARIANTS.SEPARABLE_CONV = False
     # Number of BiFPN layers of build_fpn_bifpn_backbone (EfficientDet-D0: 3), each with own weights.
     _C.FPN_VARIANTS.PATH_REPEATS = 1
+    # A preset's published settings (fpn_variants.modeling.presets, Preset.defaults; BiFPN: MODEL.FPN.FUSE_TYPE
+    # "weighted") replace a setting this config leaves at its default. False: the config's values as they are.
+    _C.FPN_VARIANTS.PRESET_DEFAULTS = True
 
     # Convert the model's 4-D weights to channels_last (NHWC) memory format at build time, so that
     # oneDNN (CPU) / cuDNN convolutions run in NHWC; the arithmetic is the same convolution, only the
@@ -156,8 +159,8 @@ def validate_config(cfg: CN) -> None:
     """
     from detectron2.data import DatasetCatalog
 
-    from .modeling.backbone import TOP_BLOCKS, check_backbone_name
-    from .modeling.pyramid import ACTIVATIONS, FUSE_TYPES, UPSAMPLE_MODES
+    from .modeling.backbone import check_backbone_name
+    from .modeling.registry import ACTIVATIONS, FUSIONS, TOP_BLOCKS, UPSAMPLES
 
     if "FPN_VARIANTS" not in cfg:
         raise KeyError("cfg has no FPN_VARIANTS node: call add_fpn_variants_config(cfg) before merge_from_file")
@@ -165,10 +168,10 @@ def validate_config(cfg: CN) -> None:
     check_backbone_name(cfg.FPN_VARIANTS.BOTTOM_UP)
     fv = cfg.FPN_VARIANTS
     checks = [
-        ("FPN_VARIANTS.TOP_BLOCK", fv.TOP_BLOCK, TOP_BLOCKS),
-        ("FPN_VARIANTS.UPSAMPLE_MODE", fv.UPSAMPLE_MODE, UPSAMPLE_MODES),
-        ("MODEL.FPN.FUSE_TYPE", cfg.MODEL.FPN.FUSE_TYPE, FUSE_TYPES),
-        ("FPN_VARIANTS.ACTIVATION", fv.ACTIVATION, ACTIVATIONS),
+        ("FPN_VARIANTS.TOP_BLOCK", fv.TOP_BLOCK, TOP_BLOCKS.choices()),  # the vocabularies are the part registries'
+        ("FPN_VARIANTS.UPSAMPLE_MODE", fv.UPSAMPLE_MODE, UPSAMPLES.choices()),
+        ("MODEL.FPN.FUSE_TYPE", cfg.MODEL.FPN.FUSE_TYPE, FUSIONS.choices()),
+        ("FPN_VARIANTS.ACTIVATION", fv.ACTIVATION, ACTIVATIONS.choices()),
         ("MODEL.FPN.NORM", cfg.MODEL.FPN.NORM, NORMS),
     ]
     for key, value, valid in checks:

@@ -1,5 +1,6 @@
 """Beyond the paper: PANet, BiFPN and the knobs of the paper's own claims (fusion, activation,
 upsampling, normalisation, residual blocks, P6 source), on synthetic C2..C5 maps."""
+import re
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,9 +8,9 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 from fpn_variants.config import load_config
-from fpn_variants.modeling import PRESETS, FeaturePyramid
+from fpn_variants.modeling import PRESETS, FeaturePyramid, backbone_name
 from fpn_variants.modeling.backbone import LastLevelP6FromC5
-from fpn_variants.modeling.pyramid import BiFPNLayer, BottomUpPath, Fusion
+from fpn_variants.modeling.pyramid import BiFPNLayer, BottomUpPath, Fusion, build_fusion
 
 from conftest import R18_SHAPES, REPO, conv_size, small_cfg, synthetic_features
 
@@ -60,7 +61,7 @@ def test_bifpn_layers_and_weighted_fusion_nodes(repeats):
 
 
 def test_weighted_fusion_is_fast_normalised_and_nonnegative():
-    f = Fusion("weighted", 3, channels=4)
+    f = build_fusion("weighted", 3, channels=4)
     x = [torch.full((1, 4, 2, 2), v) for v in (1.0, 2.0, 4.0)]
     with torch.no_grad():
         f.weight.copy_(torch.tensor([1.0, 3.0, -2.0]))  # a negative weight is clipped to 0 by the ReLU
@@ -201,11 +202,97 @@ def test_group_norm_needs_d_divisible_by_32():
         load_config(os.path.join(REPO, "configs", "NEON", "rpn_c_fpn.yaml"), ["MODEL.FPN.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", "48"])
 
 
-def test_bifpn_without_weighted_fusion_warns(caplog):
+def test_bifpn_gets_its_published_weighted_fusion_from_the_preset():
+    """Issue 19: the preset states BiFPN's weighted fusion once (Preset.defaults); the builder applies it
+    where the config leaves MODEL.FPN.FUSE_TYPE at its default, an explicit other fusion... stays only
+    with FPN_VARIANTS.PRESET_DEFAULTS False; LazyConfig's preset_pyramid takes it unless given."""
+    from fpn_variants.modeling import FUSIONS, preset_pyramid
+    from fpn_variants.modeling.pyramid import SumFusion, WeightedFusion
+
+    assert PRESETS["fpn_bifpn"].defaults == {"fuse_type": "weighted"}
     cfg = small_cfg("build_fpn_bifpn_backbone")
-    with caplog.at_level("WARNING"):
-        build_backbone(cfg)
-    assert "EfficientDet's BiFPN uses 'weighted'" in caplog.text
+    assert cfg.MODEL.FPN.FUSE_TYPE == "sum"  # the config's (Detectron2's) default
+    fusions = [m for m in build_backbone(cfg).modules() if isinstance(m, Fusion)]
+    assert fusions and all(isinstance(m, WeightedFusion) for m in fusions)
+    cfg.FPN_VARIANTS.PRESET_DEFAULTS = False
+    assert all(isinstance(m, SumFusion) for m in build_backbone(cfg).modules() if isinstance(m, Fusion))
+    cfg.FPN_VARIANTS.PRESET_DEFAULTS = True
+    cfg.MODEL.FPN.FUSE_TYPE = "concat"  # a setting other than the default is the user's choice
+    assert all(m.kind == "concat" for m in build_backbone(cfg).modules() if isinstance(m, Fusion))
+    lazy = preset_pyramid("fpn_bifpn", input_shapes=R18_SHAPES, in_features=IN, out_channels=16)
+    assert lazy.options.fuse_type == "weighted"
+    assert preset_pyramid("fpn_bifpn", input_shapes=R18_SHAPES, in_features=IN, out_channels=16,
+                          fuse_type="avg").options.fuse_type == "avg"
+    assert "weighted" in FUSIONS
+
+
+def test_a_new_op_is_a_constructor_plus_one_registry_line():
+    """Issue 19: registering a fusion op makes it valid everywhere (options, pyramid, config)."""
+    import os
+
+    from fpn_variants.config import validate_config
+    from fpn_variants.modeling import FUSIONS, PyramidOptions
+    from fpn_variants.modeling.pyramid import SumFusion
+
+    class MaxFusion(SumFusion):
+        def forward(self, inputs):
+            self._check(inputs)
+            out = inputs[0]
+            for x in inputs[1:]:
+                out = torch.maximum(out, x)
+            return out
+
+    with pytest.raises(ValueError, match="fuse_type='max' is not valid; valid values: 'sum', 'avg', 'concat', 'weighted'"):
+        PyramidOptions(fuse_type="max")
+    FUSIONS.register("max")(lambda n, channels, opts: MaxFusion(n, "max"))
+    try:
+        assert PyramidOptions(fuse_type="max").fuse_type == "max"
+        net = make("fpn_full", fuse_type="max")
+        assert all(isinstance(m, MaxFusion) for m in net.top_down.fusions)
+        feats = synthetic_features(64, 96)
+        with torch.no_grad():
+            assert net(feats)["p2"].shape[1] == 32
+        cfg = load_config(os.path.join(REPO, "configs", "NEON", "rpn_c_fpn.yaml"), ["MODEL.FPN.FUSE_TYPE", "max"])
+        validate_config(cfg)  # the config's vocabulary is the registry's
+        with pytest.raises(KeyError, match="registered already"):
+            FUSIONS.register("max")(MaxFusion)
+    finally:
+        FUSIONS._parts.pop("max")
+
+
+def test_pyramid_options_are_validated_once_with_clear_errors():
+    from fpn_variants.modeling import PyramidOptions
+
+    o = PyramidOptions(paths=["top_down", "bottom_up"])
+    assert o.paths == ("top_down", "bottom_up") and o.merge_path == "top_down" and o.post_paths == ("bottom_up",)
+    assert PyramidOptions(paths=("bifpn",)).merge_path is None
+    for kwargs, msg in [
+        (dict(lateral="conv3x3"), "lateral='conv3x3' is not valid; valid values: 'conv1x1', 'residual'"),
+        (dict(paths=("bottom_up", "top_down")), "'top_down' may appear once, first"),
+        (dict(paths=("fpn",)), "path='fpn' is not valid; valid values: 'top_down', 'bottom_up', 'bifpn'"),
+        (dict(lateral_levels="coarsest", paths=()), "lateral_levels='coarsest' needs the 'top_down' path"),
+        (dict(lateral_levels="finest"), "lateral_levels='finest' is not valid; valid values: 'all', 'coarsest'"),
+        (dict(path_repeats=0), "path_repeats=0 must be an int >= 1"),
+        (dict(upsample_mode="area"), "upsample_mode='area' is not valid; valid values: 'nearest', 'bilinear'"),
+        (dict(output="conv1x1"), "output='conv1x1' is not valid; valid values: 'conv3x3', 'none'"),
+        (dict(activation="gelu"), "activation='gelu' is not valid; valid values: 'none', 'relu', 'swish'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            PyramidOptions(**kwargs)
+
+
+def test_every_preset_has_a_builder_a_reader_can_grep():
+    import inspect
+
+    import fpn_variants.modeling.backbone as backbone
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    source = inspect.getsource(backbone)
+    for preset in PRESETS:
+        name = backbone_name(preset)
+        registered = BACKBONE_REGISTRY.get(name)  # (the module may have been reloaded: compare by origin)
+        assert f"def {name}(cfg, input_shape" in source and registered.__name__ == name
+        assert registered.__module__ == backbone.__name__ == getattr(backbone, name).__module__
 
 
 def test_channels_last_changes_the_layout_not_the_detector():

@@ -19,15 +19,17 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
+from .options import PyramidOptions
 from .presets import PRESETS
 from .pyramid import FeaturePyramid
+from .registry import TOP_BLOCKS
 
 __all__ = [
     "TOP_BLOCKS", "LastLevelP6FromC5", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg",
     "check_backbone_name", "build_bottom_up_backbone", "PYRAMID_BUILDERS", "reads_bottom_up_key", "preset_pyramid",
 ]
 
-TOP_BLOCKS = ("p6_subsample", "p6_c5", "p6p7_c5", "none")
+logger = logging.getLogger(__name__)
 
 
 class LastLevelP6FromC5(nn.Module):
@@ -62,33 +64,55 @@ def check_backbone_name(name: str) -> None:
     raise KeyError(f"MODEL.BACKBONE.NAME={name!r} is not a registered backbone.{hint} Registered: {', '.join(names)}")
 
 
+@TOP_BLOCKS.register("p6_subsample")
+def p6_subsample_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_channels: int):
+    """The paper's P6 (§4.1): stride-2 subsampling of the coarsest level (P5 for C2..C5, P4 for C2..C4);
+    Detectron2's ``LastLevelMaxPool``."""
+    top = LastLevelMaxPool()
+    last = in_features[-1]
+    if last in input_shapes:
+        top.in_feature = f"p{int(math.log2(input_shapes[last].stride))}"
+    return top
+
+
+@TOP_BLOCKS.register("p6_c5")
+def p6_c5_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_channels: int):
+    """P6 = 3×3/2 conv of the coarsest bottom-up map (C5), no P7 (:class:`LastLevelP6FromC5`)."""
+    last = in_features[-1]
+    return LastLevelP6FromC5(input_shapes[last].channels, out_channels, in_feature=last)
+
+
+@TOP_BLOCKS.register("p6p7_c5")
+def p6p7_c5_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_channels: int):
+    """RetinaNet's P6 = 3×3/2 conv of C5 and P7 = 3×3/2 conv of relu(P6) (Detectron2's ``LastLevelP6P7``)."""
+    last = in_features[-1]
+    return LastLevelP6P7(input_shapes[last].channels, out_channels, in_feature=last)
+
+
+@TOP_BLOCKS.register("none")
+def no_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_channels: int):
+    """No extra level: the pyramid ends at its coarsest input level."""
+    return None
+
+
 def _top_block(cfg, bottom_up_shapes: Dict[str, ShapeSpec]):
-    kind = cfg.FPN_VARIANTS.TOP_BLOCK
-    if kind == "p6_subsample":
-        # the paper's P6: stride-2 subsampling of the coarsest level (P5 for C2..C5, P4 for C2..C4)
-        top = LastLevelMaxPool()
-        last = cfg.MODEL.FPN.IN_FEATURES[-1]
-        if last in bottom_up_shapes:
-            top.in_feature = f"p{int(math.log2(bottom_up_shapes[last].stride))}"
-        return top
-    if kind == "p6_c5":
-        last = cfg.MODEL.FPN.IN_FEATURES[-1]
-        return LastLevelP6FromC5(bottom_up_shapes[last].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last)
-    if kind == "p6p7_c5":
-        last = cfg.MODEL.FPN.IN_FEATURES[-1]
-        return LastLevelP6P7(bottom_up_shapes[last].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last)
-    if kind == "none":
-        return None
-    raise ValueError(f"FPN_VARIANTS.TOP_BLOCK={kind!r} is not valid; valid values: {', '.join(TOP_BLOCKS)}")
+    make = TOP_BLOCKS.get(cfg.FPN_VARIANTS.TOP_BLOCK, "FPN_VARIANTS.TOP_BLOCK", quote=False)
+    return make(list(cfg.MODEL.FPN.IN_FEATURES), bottom_up_shapes, cfg.MODEL.FPN.OUT_CHANNELS)
 
 
 def pyramid_kwargs_from_cfg(cfg, preset: str) -> dict:
     """Keyword arguments of :class:`FeaturePyramid` for ``preset`` and ``cfg`` (without the
-    bottom-up and the top block). Raises ``KeyError`` for an unknown preset."""
+    bottom-up and the top block): the config's settings, the preset's parts, and, where the config
+    leaves a setting at the library default and ``FPN_VARIANTS.PRESET_DEFAULTS`` is on, the setting the
+    preset is published with (BiFPN: ``MODEL.FPN.FUSE_TYPE`` ``"weighted"``).
+
+    Raises:
+        KeyError: an unknown preset (the message lists them).
+    """
     if preset not in PRESETS:
         raise KeyError(f"unknown FPN preset {preset!r}; valid: {', '.join(PRESETS)}")
     fv = cfg.FPN_VARIANTS
-    return dict(
+    kwargs = dict(
         in_features=list(cfg.MODEL.FPN.IN_FEATURES),
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
@@ -99,16 +123,16 @@ def pyramid_kwargs_from_cfg(cfg, preset: str) -> dict:
         activation=fv.ACTIVATION,
         separable=fv.SEPARABLE_CONV,
         path_repeats=fv.PATH_REPEATS,
-        **PRESETS[preset],
     )
-
-
-def _warn_if_bifpn_without_weighted_fusion(preset: str, kwargs: dict) -> None:
-    if "bifpn" in kwargs.get("paths", ()) and kwargs.get("fuse_type", "sum") != "weighted":
-        logging.getLogger(__name__).warning(
-            "%s with MODEL.FPN.FUSE_TYPE=%r: EfficientDet's BiFPN uses 'weighted' (fast normalised fusion)",
-            backbone_name(preset), kwargs.get("fuse_type", "sum"),
-        )
+    if fv.PRESET_DEFAULTS:
+        library = PyramidOptions()
+        for key, value in PRESETS[preset].defaults.items():
+            if kwargs[key] == getattr(library, key) and value != kwargs[key]:
+                logger.info("%s: %s=%r, the preset's published setting (FPN_VARIANTS.PRESET_DEFAULTS False keeps %r)",
+                            backbone_name(preset), key, value, kwargs[key])
+                kwargs[key] = value
+    kwargs.update(PRESETS[preset].parts)
+    return kwargs
 
 
 def preset_pyramid(preset: str = "fpn_full", **kwargs) -> FeaturePyramid:
@@ -126,9 +150,8 @@ def preset_pyramid(preset: str = "fpn_full", **kwargs) -> FeaturePyramid:
     """
     if preset not in PRESETS:
         raise KeyError(f"unknown FPN preset {preset!r}; valid: {', '.join(PRESETS)}")
-    merged = {**PRESETS[preset], **kwargs}
-    _warn_if_bifpn_without_weighted_fusion(preset, merged)
-    return FeaturePyramid(**merged)
+    p = PRESETS[preset]
+    return FeaturePyramid(**{**p.defaults, **p.parts, **kwargs})
 
 
 def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeaturePyramid:
@@ -148,9 +171,8 @@ def build_pyramid_backbone(cfg, input_shape: ShapeSpec, preset: str) -> FeatureP
     if "FPN_VARIANTS" not in cfg:
         raise KeyError("cfg has no FPN_VARIANTS node: call fpn_variants.add_fpn_variants_config(cfg) before merge_from_file")
     kwargs = pyramid_kwargs_from_cfg(cfg, preset)
-    _warn_if_bifpn_without_weighted_fusion(preset, kwargs)
-    if cfg.FPN_VARIANTS.TOP_BLOCK not in TOP_BLOCKS:  # fail before building the bottom-up pathway
-        _top_block(cfg, {})
+    # fail before building the bottom-up pathway
+    TOP_BLOCKS.check(cfg.FPN_VARIANTS.TOP_BLOCK, "FPN_VARIANTS.TOP_BLOCK", quote=False)
     name = cfg.FPN_VARIANTS.BOTTOM_UP
     check_backbone_name(name)
     bottom_up = BACKBONE_REGISTRY.get(name)(cfg, input_shape)
@@ -209,18 +231,48 @@ def _check_head_features(cfg, preset: str, outputs) -> None:
                 f"{cfg.FPN_VARIANTS.TOP_BLOCK!r} (it outputs {outputs}). {recipe}.")
 
 
-def _register(preset: str) -> None:
-    def builder(cfg, input_shape: ShapeSpec):
-        return build_pyramid_backbone(cfg, input_shape, preset)
-
-    builder.__name__ = builder.__qualname__ = backbone_name(preset)
-    builder.__doc__ = f"Detectron2 backbone builder for the {preset!r} preset (see fpn_variants.modeling.presets)."
-    if builder.__name__ not in BACKBONE_REGISTRY:
-        BACKBONE_REGISTRY.register(builder)
+# One Detectron2 builder per preset (MODEL.BACKBONE.NAME "build_<preset>_backbone"): the bottom-up
+# pathway FPN_VARIANTS.BOTTOM_UP wrapped in the preset's pyramid, see build_pyramid_backbone.
+def build_fpn_full_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """FPN (Lin et al. 2017, Table 1(c), Table 3(c)): preset ``fpn_full``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_full")
 
 
-for _preset in PRESETS:
-    _register(_preset)
+def build_fpn_bottom_up_only_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """The bottom-up pyramid (Table 1(d)): preset ``fpn_bottom_up_only``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_bottom_up_only")
+
+
+def build_fpn_top_down_only_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """The top-down pyramid without laterals (Table 1(e)): preset ``fpn_top_down_only``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_top_down_only")
+
+
+def build_fpn_lateral_only_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """Laterals only, the pyramidal feature hierarchy of Fig. 1(c): preset ``fpn_lateral_only``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_lateral_only")
+
+
+def build_fpn_residual_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """Residual blocks as the lateral connections (§3): preset ``fpn_residual``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_residual")
+
+
+def build_fpn_panet_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """PANet's bottom-up path augmentation after FPN (Liu et al., CVPR 2018): preset ``fpn_panet``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_panet")
+
+
+def build_fpn_bifpn_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """BiFPN layers (Tan et al., EfficientDet, CVPR 2020): preset ``fpn_bifpn``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_bifpn")
+
+
+for _builder in (build_fpn_full_backbone, build_fpn_bottom_up_only_backbone, build_fpn_top_down_only_backbone,
+                 build_fpn_lateral_only_backbone, build_fpn_residual_backbone, build_fpn_panet_backbone,
+                 build_fpn_bifpn_backbone):
+    if _builder.__name__ not in BACKBONE_REGISTRY:  # registered once, also when the module is reloaded
+        BACKBONE_REGISTRY.register(_builder)
 
 # The builders above, by name: each wraps FPN_VARIANTS.BOTTOM_UP in a pyramid.
 PYRAMID_BUILDERS = tuple(backbone_name(p) for p in PRESETS)

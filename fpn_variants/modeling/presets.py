@@ -1,28 +1,69 @@
-"""The paper's pyramid designs as presets of :class:`~fpn_variants.modeling.pyramid.FeaturePyramid`.
+"""The paper's pyramid designs, and the published ones beyond it, as presets of
+:class:`~fpn_variants.modeling.pyramid.FeaturePyramid`.
 
-Each preset is a table entry of keyword arguments, not a class; a new variant is one entry here
-(plus a test). Every preset is registered in Detectron2's ``BACKBONE_REGISTRY`` as
-``build_{name}_backbone`` by :mod:`fpn_variants.modeling.backbone`.
+A preset is data, not a class: the parts that make the design (:attr:`Preset.parts`, fixed) and the
+settings the design is published with (:attr:`Preset.defaults`, e.g. BiFPN's weighted fusion), which
+an explicit setting overrides. The builder (``build_{name}_backbone``, :mod:`.backbone`), LazyConfig's
+:func:`~fpn_variants.modeling.backbone.preset_pyramid`, the configs and the benchmark all read them
+from here. A new variant is one entry here (plus a test); a new kind of op is a constructor plus a
+registry line (:mod:`.registry`).
 """
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Dict
 
-__all__ = ["PRESETS"]
+__all__ = ["Preset", "PRESETS"]
 
-PRESETS: Dict[str, dict] = {
+
+@dataclass(frozen=True)
+class Preset(Mapping):
+    """A design: ``parts`` (:class:`~fpn_variants.modeling.options.PyramidOptions` fields the design
+    fixes: lateral, lateral_levels, paths, output), ``defaults`` (fields it is published with, which a
+    user's explicit setting overrides) and ``source`` (paper, section / table / figure).
+
+    A preset reads as the mapping of its parts, so ``FeaturePyramid(shapes, features, d, **preset)``
+    builds the design with the library's defaults for the rest.
+    """
+
+    parts: Dict[str, object]
+    defaults: Dict[str, object] = field(default_factory=dict)
+    source: str = ""
+
+    def __getitem__(self, key):
+        return self.parts[key]
+
+    def __iter__(self):
+        return iter(self.parts)
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+
+PRESETS: Dict[str, Preset] = {
     # Table 1(c) / 3(c): 1x1 laterals, top-down pathway (nearest x2, sum), 3x3 output convs.
-    "fpn_full": dict(lateral="conv1x1", lateral_levels="all", paths=("top_down",), output="conv3x3"),
+    "fpn_full": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=("top_down",), output="conv3x3"),
+                       source="Lin et al. 2017, Table 1(c), Table 3(c)"),
     # Table 1(d) "bottom-up pyramid": no top-down pathway; 1x1 lateral + 3x3 on each C_k.
-    "fpn_bottom_up_only": dict(lateral="conv1x1", lateral_levels="all", paths=(), output="conv3x3"),
+    "fpn_bottom_up_only": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=(), output="conv3x3"),
+                                 source="Lin et al. 2017, Table 1(d)"),
     # Table 1(e) "top-down pyramid, w/o lateral": only the 1x1 on C5 that starts the top-down
     # pathway; each finer level is the upsampled coarser map followed by its 3x3.
-    "fpn_top_down_only": dict(lateral="conv1x1", lateral_levels="coarsest", paths=("top_down",), output="conv3x3"),
+    "fpn_top_down_only": Preset(dict(lateral="conv1x1", lateral_levels="coarsest", paths=("top_down",), output="conv3x3"),
+                                source="Lin et al. 2017, Table 1(e)"),
     # Fig. 1(c) pyramidal feature hierarchy made shareable: each C_k projected to d by its 1x1 only.
-    "fpn_lateral_only": dict(lateral="conv1x1", lateral_levels="all", paths=(), output="none"),
+    "fpn_lateral_only": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=(), output="none"),
+                               source="Lin et al. 2017, Fig. 1(c)"),
     # §3 "multi-layer residual blocks as the connections": residual laterals, top-down as in FPN.
-    "fpn_residual": dict(lateral="residual", lateral_levels="all", paths=("top_down",), output="conv3x3"),
+    "fpn_residual": Preset(dict(lateral="residual", lateral_levels="all", paths=("top_down",), output="conv3x3"),
+                           source="Lin et al. 2017, §3"),
     # PANet (Liu et al., CVPR 2018): FPN, then a bottom-up path augmentation over P2..P5.
-    "fpn_panet": dict(lateral="conv1x1", lateral_levels="all", paths=("top_down", "bottom_up"), output="conv3x3"),
-    # BiFPN (Tan et al., CVPR 2020): 1x1 laterals to d, then FPN_VARIANTS.PATH_REPEATS BiFPN layers.
-    # EfficientDet's fusion is MODEL.FPN.FUSE_TYPE "weighted" (+ FPN_VARIANTS.SEPARABLE_CONV True).
-    "fpn_bifpn": dict(lateral="conv1x1", lateral_levels="all", paths=("bifpn",), output="none"),
+    "fpn_panet": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=("top_down", "bottom_up"), output="conv3x3"),
+                        source="Liu et al., PANet, CVPR 2018, §3.1"),
+    # BiFPN (Tan et al., CVPR 2020): 1x1 laterals to d, then FPN_VARIANTS.PATH_REPEATS BiFPN layers,
+    # with EfficientDet's fast normalised weighted fusion (§3.3) unless the fusion is set explicitly
+    # (FPN_VARIANTS.SEPARABLE_CONV True for EfficientDet's separable convs).
+    "fpn_bifpn": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=("bifpn",), output="none"),
+                        defaults=dict(fuse_type="weighted"), source="Tan et al., EfficientDet, CVPR 2020, §3"),
 }

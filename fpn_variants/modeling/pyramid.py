@@ -39,49 +39,37 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
+from .options import PyramidOptions
+from .registry import ACTIVATIONS, FUSIONS, LATERALS, OUTPUTS, PATHS, UPSAMPLES
+
 __all__ = [
-    "LATERAL_TYPES",
-    "LATERAL_LEVELS",
-    "PATHS",
-    "FUSE_TYPES",
-    "OUTPUT_TYPES",
-    "UPSAMPLE_MODES",
-    "ACTIVATIONS",
     "ResidualBottleneck",
     "Fusion",
+    "SumFusion",
+    "ConcatFusion",
+    "WeightedFusion",
+    "Interpolate",
     "TopDownPath",
     "BottomUpPath",
     "BiFPNLayer",
     "build_lateral",
     "build_output",
+    "build_fusion",
     "fuse",
     "FeaturePyramid",
 ]
 
-LATERAL_TYPES = ("conv1x1", "residual")
-LATERAL_LEVELS = ("all", "coarsest")
-# "top_down" runs on the lateral maps, before the output op; "bottom_up" (PANet) and "bifpn" run
-# after it, on P2..P5, in the order given.
-PATHS = ("top_down", "bottom_up", "bifpn")
-FUSE_TYPES = ("sum", "avg", "concat", "weighted")
-OUTPUT_TYPES = ("conv3x3", "none")
-UPSAMPLE_MODES = ("nearest", "bilinear")
-ACTIVATIONS = ("none", "relu", "swish")
 WEIGHTED_FUSION_EPS = 1e-4  # EfficientDet §3.3
 
-
-def _check_choice(name: str, value, valid: Sequence) -> None:
-    if value not in valid:
-        raise ValueError(f"{name}={value!r} is not valid; valid values: {', '.join(map(repr, valid))}")
+# Activations are modules (no parameters), not functions, so that Detectron2's Conv2d holding one scripts.
+ACTIVATIONS.register("none")(lambda: None)  # the paper: no non-linearity in the extra layers (§3)
+ACTIVATIONS.register("relu")(nn.ReLU)
+ACTIVATIONS.register("swish")(nn.SiLU)  # EfficientDet
 
 
 def _activation(name: str) -> Optional[nn.Module]:
-    """A new activation module (no parameters; a module rather than a function, so that Detectron2's
-    ``Conv2d`` holding it scripts), or ``None`` for ``"none"``."""
-    _check_choice("activation", name, ACTIVATIONS)
-    if name == "none":
-        return None
-    return nn.ReLU() if name == "relu" else nn.SiLU()
+    """A new activation module, or ``None`` for ``"none"``."""
+    return ACTIVATIONS.get(name)()
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str, *, stride: int = 1,
@@ -141,6 +129,34 @@ class ResidualBottleneck(nn.Module):
         return y + (self.shortcut(x) if self.shortcut is not None else x)
 
 
+@LATERALS.register("conv1x1")
+def conv1x1_lateral(in_channels: int, out_channels: int, opts: PyramidOptions) -> nn.Module:
+    """The paper's lateral connection (§3): a 1×1 conv C_k (N, C_k, H, W) -> (N, d, H, W), with
+    ``opts.norm`` and ``opts.activation``."""
+    return _conv(in_channels, out_channels, 1, opts.norm, activation=opts.activation)
+
+
+@LATERALS.register("residual")
+def residual_lateral(in_channels: int, out_channels: int, opts: PyramidOptions) -> nn.Module:
+    """§3's "multi-layer residual blocks as the connections": ``opts.residual_blocks``
+    :class:`ResidualBottleneck` blocks, the first projecting C_k to d; inner width
+    ``opts.bottleneck_channels`` (or d // 4). The blocks keep their inner ReLUs and unrectified sum.
+
+    Raises:
+        ValueError: GN with a bottleneck width that is not a multiple of 32 (GN's 32 groups).
+    """
+    bottleneck_channels = opts.bottleneck_channels
+    width = bottleneck_channels if bottleneck_channels else max(out_channels // 4, 1)
+    if opts.norm == "GN" and width % 32:
+        raise ValueError(
+            f"norm='GN' uses 32 groups, but the residual laterals' bottleneck width is {width} "
+            f"({'bottleneck_channels' if bottleneck_channels else f'd // 4 with d = {out_channels}'}), not a multiple of 32: "
+            "use d a multiple of 128, or FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS a multiple of 32")
+    blocks = [ResidualBottleneck(in_channels, out_channels, width, opts.norm)]
+    blocks += [ResidualBottleneck(out_channels, out_channels, width, opts.norm) for _ in range(opts.residual_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
 def build_lateral(
     kind: str,
     in_channels: int,
@@ -150,40 +166,40 @@ def build_lateral(
     bottleneck_channels: Optional[int] = None,
     activation: str = "none",
 ) -> nn.Module:
-    """Build one lateral connection C_k -> (N, out_channels, H_k, W_k), stride 1.
-
-    Args:
-        kind: ``"conv1x1"`` (the paper's lateral, §3) or ``"residual"`` (a stack of
-            ``residual_blocks`` :class:`ResidualBottleneck`, the first projecting to ``out_channels``).
-        bottleneck_channels: inner width of residual blocks; ``None`` means ``out_channels // 4``.
-        activation: one of :data:`ACTIVATIONS`, after the 1×1 conv (residual blocks keep their own
-            inner ReLUs and an unrectified sum).
+    """Build one lateral connection C_k -> (N, out_channels, H_k, W_k), stride 1: the registered
+    lateral op ``kind`` (:data:`~fpn_variants.modeling.registry.LATERALS`: ``"conv1x1"``,
+    ``"residual"``, ...) with these options.
 
     Raises:
-        ValueError: unknown ``kind``, ``residual_blocks < 1``, non-positive channel counts, or GN
-            with a bottleneck width that is not a multiple of 32 (GN's 32 groups).
+        ValueError: unknown ``kind`` or ``activation``, ``residual_blocks < 1``, or GN with a residual
+            bottleneck width that is not a multiple of 32.
     """
-    _check_choice("lateral", kind, LATERAL_TYPES)
-    if kind == "conv1x1":
-        return _conv(in_channels, out_channels, 1, norm, activation=activation)
-    if residual_blocks < 1:
-        raise ValueError(f"residual_blocks={residual_blocks} must be >= 1 for lateral='residual'")
-    width = bottleneck_channels if bottleneck_channels else max(out_channels // 4, 1)
-    if norm == "GN" and width % 32:
-        raise ValueError(
-            f"norm='GN' uses 32 groups, but the residual laterals' bottleneck width is {width} "
-            f"({'bottleneck_channels' if bottleneck_channels else f'd // 4 with d = {out_channels}'}), not a multiple of 32: "
-            "use d a multiple of 128, or FPN_VARIANTS.RESIDUAL_BOTTLENECK_CHANNELS a multiple of 32")
-    blocks = [ResidualBottleneck(in_channels, out_channels, width, norm)]
-    blocks += [ResidualBottleneck(out_channels, out_channels, width, norm) for _ in range(residual_blocks - 1)]
-    return nn.Sequential(*blocks)
+    opts = PyramidOptions(lateral=kind, norm=norm, residual_blocks=residual_blocks,
+                          bottleneck_channels=bottleneck_channels, activation=activation)
+    return LATERALS.get(kind)(in_channels, out_channels, opts)
+
+
+@OUTPUTS.register("conv3x3")
+def conv3x3_output(channels: int, opts: PyramidOptions) -> nn.Module:
+    """The paper's output op: a 3×3 conv on each merged map "to reduce the aliasing effect of
+    upsampling" (§3), (N, d, H, W) -> (N, d, H, W)."""
+    return _conv(channels, channels, 3, opts.norm, activation=opts.activation)
+
+
+@OUTPUTS.register("none")
+def no_output(channels: int, opts: PyramidOptions) -> None:
+    """No output op: the merged map is P_k."""
+    return None
 
 
 def build_output(kind: str, channels: int, norm: str = "", activation: str = "none") -> Optional[nn.Module]:
-    """Build the output op of one level: ``"conv3x3"`` (the paper's 3×3 conv "to reduce the
-    aliasing effect of upsampling", §3) or ``"none"`` (returns ``None``: the merged map is P_k)."""
-    _check_choice("output", kind, OUTPUT_TYPES)
-    return _conv(channels, channels, 3, norm, activation=activation) if kind == "conv3x3" else None
+    """Build the output op ``kind`` of one level (:data:`~fpn_variants.modeling.registry.OUTPUTS`:
+    ``"conv3x3"`` or ``"none"``, which returns ``None``).
+
+    Raises:
+        ValueError: unknown ``kind`` or ``activation``.
+    """
+    return OUTPUTS.get(kind)(channels, PyramidOptions(output=kind, norm=norm, activation=activation))
 
 
 def fuse(inputs: List[torch.Tensor], fuse_type: str) -> torch.Tensor:
@@ -205,50 +221,109 @@ def fuse(inputs: List[torch.Tensor], fuse_type: str) -> torch.Tensor:
 
 
 class Fusion(nn.Module):
-    """Fuse ``num_inputs`` maps (N, d, H, W) into one (N, d, H, W).
+    """Base of the fusion ops: fuse ``num_inputs`` maps (N, d, H, W) into one (N, d, H, W). The ops
+    are registered in :data:`~fpn_variants.modeling.registry.FUSIONS` (:func:`build_fusion`):
 
-    * ``"sum"`` / ``"avg"``: :func:`fuse`, no parameters (the paper: sum);
-    * ``"concat"``: concatenate to (N, num_inputs·d, H, W), then a 1×1 conv back to d (with ``norm``);
-    * ``"weighted"``: EfficientDet's fast normalised fusion (§3.3), ``sum_i w_i x_i / (eps + sum_j w_j)``
-      with ``w_i = relu(θ_i)`` learned, ``θ`` initialised to ones, ``eps`` = 1e-4.
+    * ``"sum"`` / ``"avg"`` (:class:`SumFusion`): :func:`fuse`, no parameters (the paper: sum);
+    * ``"concat"`` (:class:`ConcatFusion`): concatenate, then a 1×1 conv back to d;
+    * ``"weighted"`` (:class:`WeightedFusion`): EfficientDet's fast normalised fusion.
 
     Raises:
-        ValueError: unknown ``kind`` or ``num_inputs < 2``; at call time, a number of inputs other
-            than ``num_inputs``.
+        ValueError: at build, ``num_inputs < 2``; at call time, another number of inputs.
     """
 
-    def __init__(self, kind: str, num_inputs: int, channels: int, norm: str = "", eps: float = WEIGHTED_FUSION_EPS):
+    def __init__(self, num_inputs: int, kind: str):
         super().__init__()
-        _check_choice("fuse_type", kind, FUSE_TYPES)
         if num_inputs < 2:
             raise ValueError(f"num_inputs={num_inputs}: a fusion node joins at least 2 maps")
-        self.kind, self.num_inputs, self.eps = kind, num_inputs, eps
-        if kind == "concat":
-            self.proj = _conv(num_inputs * channels, channels, 1, norm)
-        elif kind == "weighted":
-            self.weight = nn.Parameter(torch.ones(num_inputs))
+        self.num_inputs = num_inputs
+        self.kind = kind  # an instance attribute: TorchScript does not see class attributes
 
-    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+    def _check(self, inputs: List[torch.Tensor]) -> None:
         if len(inputs) != self.num_inputs:
             raise ValueError("Fusion('{}') built for {} inputs got {}".format(self.kind, self.num_inputs, len(inputs)))
-        # hasattr on a module is resolved when TorchScript compiles, so each kind compiles only its own branch
-        if hasattr(self, "proj"):
-            return self.proj(torch.cat(inputs, dim=1))
-        if hasattr(self, "weight"):
-            w = F.relu(self.weight)
-            w = w / (w.sum() + self.eps)
-            out = w[0] * inputs[0]
-            for i in range(1, len(inputs)):
-                out = out + w[i] * inputs[i]
-            return out
-        return fuse(inputs, self.kind)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, num_inputs={self.num_inputs}"
 
 
-def _upsample(x: torch.Tensor, like: torch.Tensor, mode: str) -> torch.Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode=mode)
+class SumFusion(Fusion):
+    """Element-wise sum (paper §3) or, with ``kind="avg"``, mean of the inputs; no parameters."""
+
+    def __init__(self, num_inputs: int, kind: str = "sum"):
+        super().__init__(num_inputs, kind)
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        self._check(inputs)
+        return fuse(inputs, self.kind)
+
+
+class ConcatFusion(Fusion):
+    """Concatenate to (N, num_inputs·d, H, W), then a 1×1 conv (with ``norm``) back to (N, d, H, W)."""
+
+    def __init__(self, num_inputs: int, channels: int, norm: str = ""):
+        super().__init__(num_inputs, "concat")
+        self.proj = _conv(num_inputs * channels, channels, 1, norm)
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        self._check(inputs)
+        return self.proj(torch.cat(inputs, dim=1))
+
+
+class WeightedFusion(Fusion):
+    """EfficientDet's fast normalised fusion (Tan et al., CVPR 2020, §3.3):
+    ``sum_i w_i x_i / (eps + sum_j w_j)`` with ``w_i = relu(θ_i)`` learned, ``θ`` initialised to ones,
+    ``eps`` = 1e-4."""
+
+    def __init__(self, num_inputs: int, eps: float = WEIGHTED_FUSION_EPS):
+        super().__init__(num_inputs, "weighted")
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_inputs))
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
+        self._check(inputs)
+        w = F.relu(self.weight)
+        w = w / (w.sum() + self.eps)
+        out = w[0] * inputs[0]
+        for i in range(1, len(inputs)):
+            out = out + w[i] * inputs[i]
+        return out
+
+
+FUSIONS.register("sum")(lambda n, channels, opts: SumFusion(n, "sum"))
+FUSIONS.register("avg")(lambda n, channels, opts: SumFusion(n, "avg"))
+FUSIONS.register("concat")(lambda n, channels, opts: ConcatFusion(n, channels, opts.norm))
+FUSIONS.register("weighted")(lambda n, channels, opts: WeightedFusion(n))
+
+
+def build_fusion(kind: str, num_inputs: int, channels: int, norm: str = "") -> Fusion:
+    """The registered fusion op ``kind`` (:data:`~fpn_variants.modeling.registry.FUSIONS`) joining
+    ``num_inputs`` maps of ``channels`` channels.
+
+    Raises:
+        ValueError: unknown ``kind`` or ``num_inputs < 2``.
+    """
+    return FUSIONS.get(kind, "fuse_type")(num_inputs, channels, PyramidOptions(fuse_type=kind, norm=norm))
+
+
+class Interpolate(nn.Module):
+    """Upsampling by interpolation to the size of a finer map: ``forward(x (N, d, h, w), like (N, *,
+    H, W)) -> (N, d, H, W)``, ``mode`` ``"nearest"`` (paper §3, "for simplicity") or ``"bilinear"``;
+    to the exact size, so odd sizes work. No parameters."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=like.shape[-2:], mode=self.mode)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+UPSAMPLES.register("nearest")(lambda channels, opts: Interpolate("nearest"))
+UPSAMPLES.register("bilinear")(lambda channels, opts: Interpolate("bilinear"))
 
 
 def _downsample_pool(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -310,28 +385,32 @@ class _ScriptViews:
 
 
 class TopDownPath(_ScriptViews, nn.Module):
-    """The paper's top-down pathway (§3, Fig. 3) over ``num_levels`` maps, fine to coarse.
+    """The paper's top-down pathway (§3, Fig. 3) over the levels, fine to coarse.
 
-    The coarsest map starts the pathway; each finer level gets the coarser merged map upsampled
-    (``upsample_mode``, to that level's size) and fused with its own lateral map when it has one
-    (``has_lateral[i]``), else the upsampled map alone. No conv on the nodes (the output op follows).
-    Maps: list of (N, d, H_k, W_k), strides 2**k; ``None`` where a level has no lateral.
+    The coarsest map starts the pathway; each finer level gets the coarser merged map upsampled (the
+    ``opts.upsample_mode`` op, to that level's size) and fused (``opts.fuse_type``) with its own lateral
+    map when it has one (``level_has_lateral[i]``), else the upsampled map alone. No conv on the nodes
+    (the output op follows). Maps: list of (N, d, H_k, W_k), strides 2**k; ``None`` where a level has
+    no lateral. Registered as path ``"top_down"``, stage ``"merge"`` (on the lateral maps).
 
     Raises:
-        ValueError: at build, an unknown ``upsample_mode``; at call time, no map at the coarsest level.
+        ValueError: at call time, no map at the coarsest level.
     """
 
-    _SCRIPT_VIEWS = ("_fusions_coarse_to_fine",)
+    STAGE = "merge"
+    REPEATABLE = False
+    _SCRIPT_VIEWS = ("_fusions_coarse_to_fine", "_upsamples_coarse_to_fine")
 
-    def __init__(self, has_lateral: Sequence[bool], channels: int, fuse_type: str, upsample_mode: str, norm: str = ""):
+    def __init__(self, level_has_lateral: Sequence[bool], channels: int, opts: PyramidOptions):
         super().__init__()
-        _check_choice("upsample_mode", upsample_mode, UPSAMPLE_MODES)
-        self.upsample_mode = upsample_mode
+        make_fusion, make_upsample = FUSIONS.get(opts.fuse_type), UPSAMPLES.get(opts.upsample_mode)
         self.fusions = nn.ModuleList(
-            [Fusion(fuse_type, 2, channels, norm) if lat else _NoFusion() for lat in has_lateral[:-1]]
+            [make_fusion(2, channels, opts) if lat else _NoFusion() for lat in level_has_lateral[:-1]]
         )
-        # the order the pathway runs in, coarse to fine (a view of `fusions`; see _ScriptViews)
+        self.upsamples = nn.ModuleList([make_upsample(channels, opts) for _ in level_has_lateral[:-1]])
+        # the order the pathway runs in, coarse to fine (views of the lists above; see _ScriptViews)
         self._fusions_coarse_to_fine = list(self.fusions)[::-1]
+        self._upsamples_coarse_to_fine = list(self.upsamples)[::-1]
 
     def forward(self, maps: List[Optional[torch.Tensor]], sizes: List[torch.Tensor]) -> List[torch.Tensor]:
         n = len(maps)
@@ -339,9 +418,9 @@ class TopDownPath(_ScriptViews, nn.Module):
         if prev is None:
             raise ValueError("the top-down pathway starts at the coarsest level, which has no map")
         out: List[torch.Tensor] = [prev]
-        for j, fusion in enumerate(self._fusions_coarse_to_fine):
+        for j, (fusion, upsample) in enumerate(zip(self._fusions_coarse_to_fine, self._upsamples_coarse_to_fine)):
             i = n - 2 - j
-            top_down = _upsample(prev, sizes[i], self.upsample_mode)
+            top_down = upsample(prev, sizes[i])
             lateral = maps[i]
             prev = top_down if lateral is None else fusion([lateral, top_down])
             out.insert(0, prev)
@@ -351,19 +430,22 @@ class TopDownPath(_ScriptViews, nn.Module):
 class BottomUpPath(nn.Module):
     """PANet's bottom-up path augmentation (Liu et al., CVPR 2018, §3.1, Fig. 2): ``N_2 = P_2``;
     ``N_{k+1} = conv3x3(fuse(P_{k+1}, conv3x3_stride2(N_k)))``. Maps: list of (N, d, H_k, W_k) fine to
-    coarse, strides 2**k, in and out."""
+    coarse, strides 2**k, in and out. Registered as path ``"bottom_up"``, stage ``"post"``."""
 
-    def __init__(self, num_levels: int, channels: int, fuse_type: str, norm: str = "", activation: str = "none",
-                 separable: bool = False):
+    STAGE = "post"
+    REPEATABLE = False
+
+    def __init__(self, level_has_lateral: Sequence[bool], channels: int, opts: PyramidOptions):
         super().__init__()
-        n = num_levels - 1
-        self.downsample = nn.ModuleList(
-            [_conv(channels, channels, 3, norm, stride=2, activation=activation, separable=separable) for _ in range(n)]
-        )
-        self.fusions = nn.ModuleList([Fusion(fuse_type, 2, channels, norm) for _ in range(n)])
-        self.convs = nn.ModuleList(
-            [_conv(channels, channels, 3, norm, activation=activation, separable=separable) for _ in range(n)]
-        )
+        n = len(level_has_lateral) - 1
+
+        def conv(stride=1):
+            return _conv(channels, channels, 3, opts.norm, stride=stride, activation=opts.activation,
+                         separable=opts.separable)
+
+        self.downsample = nn.ModuleList([conv(stride=2) for _ in range(n)])
+        self.fusions = nn.ModuleList([FUSIONS.get(opts.fuse_type)(2, channels, opts) for _ in range(n)])
+        self.convs = nn.ModuleList([conv() for _ in range(n)])
 
     def forward(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
         out = [maps[0]]
@@ -376,46 +458,51 @@ class BottomUpPath(nn.Module):
 
 
 class BiFPNLayer(_ScriptViews, nn.Module):
-    """One BiFPN layer (Tan et al., EfficientDet, CVPR 2020, §3.2-3.3, Fig. 2(d)) over ``num_levels``
-    maps, fine to coarse.
+    """One BiFPN layer (Tan et al., EfficientDet, CVPR 2020, §3.2-3.3, Fig. 2(d)) over the levels,
+    fine to coarse.
 
     Top-down: ``T_L = X_L``; ``T_k = conv(fuse(X_k, up(T_{k+1})))``. Bottom-up: ``O_1 = T_1``;
     ``O_k = conv(fuse(X_k, T_k, down(O_{k-1})))`` and ``O_L = conv(fuse(X_L, down(O_{L-1})))`` at the
-    coarsest level. ``up`` = interpolation (``upsample_mode``), ``down`` = 3×3/2 max pooling, ``conv``
-    = 3×3 conv (depthwise-separable if ``separable``) with ``norm`` and ``activation``. EfficientDet
-    uses ``fuse_type="weighted"``, separable convs, BN and swish. Maps (N, d, H_k, W_k) in and out.
+    coarsest level. ``up`` = the ``opts.upsample_mode`` op, ``down`` = 3×3/2 max pooling, ``conv`` = 3×3
+    conv (depthwise-separable if ``opts.separable``) with ``opts.norm`` and ``opts.activation``.
+    EfficientDet uses weighted fusion, separable convs, BN and swish. Maps (N, d, H_k, W_k) in and out.
+    Registered as path ``"bifpn"``, stage ``"post"``, repeated ``opts.path_repeats`` times.
+
+    Raises:
+        ValueError: fewer than 2 levels.
     """
 
-    _SCRIPT_VIEWS = ("_td_fusions_coarse_to_fine", "_td_convs_coarse_to_fine")
+    STAGE = "post"
+    REPEATABLE = True
+    _SCRIPT_VIEWS = ("_td_fusions_coarse_to_fine", "_td_convs_coarse_to_fine", "_td_upsamples_coarse_to_fine")
 
-    def __init__(self, num_levels: int, channels: int, fuse_type: str, upsample_mode: str, norm: str = "",
-                 activation: str = "none", separable: bool = False):
+    def __init__(self, level_has_lateral: Sequence[bool], channels: int, opts: PyramidOptions):
         super().__init__()
-        _check_choice("upsample_mode", upsample_mode, UPSAMPLE_MODES)
-        if num_levels < 2:
-            raise ValueError(f"a BiFPN layer needs >= 2 levels, got {num_levels}")
-        self.upsample_mode = upsample_mode
-        L = num_levels
+        L = len(level_has_lateral)
+        if L < 2:
+            raise ValueError(f"a BiFPN layer needs >= 2 levels, got {L}")
+        make_fusion = FUSIONS.get(opts.fuse_type)
 
         def conv():
-            return _conv(channels, channels, 3, norm, activation=activation, separable=separable)
+            return _conv(channels, channels, 3, opts.norm, activation=opts.activation, separable=opts.separable)
 
-        self.td_fusions = nn.ModuleList([Fusion(fuse_type, 2, channels, norm) for _ in range(L - 1)])
+        self.td_fusions = nn.ModuleList([make_fusion(2, channels, opts) for _ in range(L - 1)])
         self.td_convs = nn.ModuleList([conv() for _ in range(L - 1)])
-        self.bu_fusions = nn.ModuleList(
-            [Fusion(fuse_type, 3 if k < L - 1 else 2, channels, norm) for k in range(1, L)]
-        )
+        self.td_upsamples = nn.ModuleList([UPSAMPLES.get(opts.upsample_mode)(channels, opts) for _ in range(L - 1)])
+        self.bu_fusions = nn.ModuleList([make_fusion(3 if k < L - 1 else 2, channels, opts) for k in range(1, L)])
         self.bu_convs = nn.ModuleList([conv() for _ in range(L - 1)])
-        # the top-down pass runs coarse to fine (views of td_fusions / td_convs; see _ScriptViews)
+        # the top-down pass runs coarse to fine (views of the td_ lists; see _ScriptViews)
         self._td_fusions_coarse_to_fine = list(self.td_fusions)[::-1]
         self._td_convs_coarse_to_fine = list(self.td_convs)[::-1]
+        self._td_upsamples_coarse_to_fine = list(self.td_upsamples)[::-1]
 
     def forward(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
         L = len(maps)
         td: List[torch.Tensor] = [maps[L - 1]]
-        for j, (fusion, conv) in enumerate(zip(self._td_fusions_coarse_to_fine, self._td_convs_coarse_to_fine)):
+        for j, (fusion, conv, upsample) in enumerate(zip(self._td_fusions_coarse_to_fine, self._td_convs_coarse_to_fine,
+                                                         self._td_upsamples_coarse_to_fine)):
             k = L - 2 - j
-            td.insert(0, conv(fusion([maps[k], _upsample(td[0], maps[k], self.upsample_mode)])))
+            td.insert(0, conv(fusion([maps[k], upsample(td[0], maps[k])])))
         out = [td[0]]
         for i, (fusion, conv) in enumerate(zip(self.bu_fusions, self.bu_convs)):
             k = i + 1
@@ -423,6 +510,11 @@ class BiFPNLayer(_ScriptViews, nn.Module):
             inputs = [maps[k], td[k], down] if k < L - 1 else [maps[k], down]
             out.append(conv(fusion(inputs)))
         return out
+
+
+PATHS.register("top_down")(TopDownPath)
+PATHS.register("bottom_up")(BottomUpPath)
+PATHS.register("bifpn")(BiFPNLayer)
 
 
 def _present(maps: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
@@ -458,17 +550,20 @@ class FeaturePyramid(_ScriptViews, Backbone):
             ``in_features`` is fine); ``None``: ``bottom_up.output_shape()``.
         in_features: the bottom-up maps used, fine to coarse.
         out_channels: the pyramid's ``d`` (paper: 256).
-        lateral: lateral op, one of :data:`LATERAL_TYPES`.
+        lateral ... path_repeats: the design, validated once as a
+            :class:`~fpn_variants.modeling.options.PyramidOptions` (kept as ``self.options``), whose
+            op names are looked up in the registries of :mod:`fpn_variants.modeling.registry`:
+        lateral: lateral op (``LATERALS``: ``"conv1x1"``, ``"residual"``).
         lateral_levels: ``"all"`` or ``"coarsest"`` (only C5 gets a lateral; Table 1(e)).
-        paths: paths over the levels, a sequence of :data:`PATHS` (``()``: no path, Table 1(d)).
+        paths: paths over the levels (``PATHS``), ``()``: no path, Table 1(d).
             ``"top_down"`` (at most once, first) merges the lateral maps before the output op;
             ``"bottom_up"`` (PANet) and ``"bifpn"`` run after the output op, in the order given.
-        output: output op, one of :data:`OUTPUT_TYPES`.
-        fuse_type: one of :data:`FUSE_TYPES`, at every fusion node of every path.
-        activation: one of :data:`ACTIVATIONS`, after every extra conv (lateral 1×1, output 3×3,
+        output: output op (``OUTPUTS``: ``"conv3x3"``, ``"none"``).
+        fuse_type: fusion op (``FUSIONS``: sum, avg, concat, weighted) at every fusion node of every path.
+        activation: (``ACTIVATIONS``: none, relu, swish) after every extra conv (lateral 1×1, output 3×3,
             path convs); the paper: ``"none"``.
         separable: depthwise-separable 3×3 convs in the ``bottom_up`` / ``bifpn`` paths.
-        path_repeats: how many times each ``"bifpn"`` entry of ``paths`` is applied (own weights each).
+        path_repeats: how many times each repeatable path (``"bifpn"``) of ``paths`` is applied (own weights each).
         upsample_mode: ``"nearest"`` (paper) or ``"bilinear"``; upsampling goes to the size of the
             finer bottom-up map, so odd sizes work.
         norm: Detectron2 norm name for every extra conv ("" = none, the paper).
@@ -536,32 +631,19 @@ class FeaturePyramid(_ScriptViews, Backbone):
                     f"in_features {in_features} have strides {strides}: each must be twice the previous "
                     f"(fine to coarse, log2-contiguous), broken at {name!r}"
                 )
-        for name, value, valid in (
-            ("lateral_levels", lateral_levels, LATERAL_LEVELS),
-            ("fuse_type", fuse_type, FUSE_TYPES),
-            ("upsample_mode", upsample_mode, UPSAMPLE_MODES),
-            ("output", output, OUTPUT_TYPES),
-            ("lateral", lateral, LATERAL_TYPES),
-            ("activation", activation, ACTIVATIONS),
-        ):
-            _check_choice(name, value, valid)
-        paths = tuple(paths)
-        for p in paths:
-            _check_choice("path", p, PATHS)
-        if "top_down" in paths[1:] or paths.count("top_down") > 1:
-            raise ValueError(f"paths={paths}: 'top_down' may appear once, first (it merges the lateral maps)")
-        if lateral_levels == "coarsest" and "top_down" not in paths:
-            raise ValueError(
-                "lateral_levels='coarsest' needs the 'top_down' path: without it the finer levels get no map"
-            )
-        if not isinstance(path_repeats, int) or path_repeats < 1:
-            raise ValueError(f"path_repeats={path_repeats!r} must be an int >= 1")
-        if len(in_features) < 2 and any(p in ("bottom_up", "bifpn") for p in paths):
-            raise ValueError(f"paths {paths} need >= 2 levels; in_features={in_features}")
+        opts = PyramidOptions(
+            lateral=lateral, lateral_levels=lateral_levels, paths=tuple(paths), output=output, fuse_type=fuse_type,
+            upsample_mode=upsample_mode, norm=norm, residual_blocks=residual_blocks,
+            bottleneck_channels=bottleneck_channels, activation=activation, separable=separable,
+            path_repeats=path_repeats,
+        )  # validated here, once
+        if len(in_features) < 2 and opts.post_paths:
+            raise ValueError(f"paths {opts.paths} need >= 2 levels; in_features={in_features}")
 
         self.bottom_up = bottom_up
         self.in_features = tuple(in_features)
-        self.paths = paths
+        self.paths = opts.paths
+        self.options = opts
         self.top_block = top_block
 
         stages = [_stage(s) for s in strides]
@@ -571,17 +653,11 @@ class FeaturePyramid(_ScriptViews, Backbone):
         self.laterals: List[nn.Module] = []
         self.outputs: List[nn.Module] = []
         level_has_lateral: List[bool] = []
+        make_lateral, make_output = LATERALS.get(opts.lateral), OUTPUTS.get(opts.output)
         for i, (name, stage) in enumerate(zip(in_features, stages)):
-            has_lateral = lateral_levels == "all" or i == len(in_features) - 1
-            lat = (
-                build_lateral(
-                    lateral, input_shapes[name].channels, out_channels, norm, residual_blocks, bottleneck_channels,
-                    activation,
-                )
-                if has_lateral
-                else None
-            )
-            out = build_output(output, out_channels, norm, activation)
+            has_lateral = opts.lateral_levels == "all" or i == len(in_features) - 1
+            lat = make_lateral(input_shapes[name].channels, out_channels, opts) if has_lateral else None
+            out = make_output(out_channels, opts)
             if lat is not None:
                 self.add_module(f"fpn_lateral{stage}", lat)
             if out is not None:
@@ -589,17 +665,13 @@ class FeaturePyramid(_ScriptViews, Backbone):
             self.laterals.append(lat if lat is not None else _NoMap())
             self.outputs.append(out if out is not None else nn.Identity())
             level_has_lateral.append(lat is not None)
-        n = len(in_features)
-        self.top_down = (
-            TopDownPath(level_has_lateral, out_channels, fuse_type, upsample_mode, norm) if "top_down" in paths else None
-        )
+        # the merge-stage path keeps Detectron2-era name `top_down`; post paths are `post_paths.<i>`
+        merge = opts.merge_path
+        self.top_down = PATHS.get(merge)(level_has_lateral, out_channels, opts) if merge else None
         post = []
-        for p in paths:
-            if p == "bottom_up":
-                post.append(BottomUpPath(n, out_channels, fuse_type, norm, activation, separable))
-            elif p == "bifpn":
-                post += [BiFPNLayer(n, out_channels, fuse_type, upsample_mode, norm, activation, separable)
-                         for _ in range(path_repeats)]
+        for p in opts.post_paths:
+            cls = PATHS.get(p)
+            post += [cls(level_has_lateral, out_channels, opts) for _ in range(opts.path_repeats if cls.REPEATABLE else 1)]
         self.post_paths = nn.ModuleList(post)
 
         self._out_feature_strides = {f"p{s}": 2**s for s in stages}
