@@ -270,7 +270,7 @@ def test_pyramid_options_are_validated_once_with_clear_errors():
         (dict(lateral="conv3x3"), "lateral='conv3x3' is not valid; valid values: 'conv1x1', 'residual'"),
         (dict(paths=("bottom_up", "top_down")), "'top_down' may appear once, first"),
         (dict(paths=("fpn",)), "path='fpn' is not valid; valid values: 'top_down', 'bottom_up', 'bifpn'"),
-        (dict(lateral_levels="coarsest", paths=()), "lateral_levels='coarsest' needs the 'top_down' path"),
+        (dict(lateral_levels="coarsest", paths=()), "lateral_levels='coarsest' needs a merge-stage path ('top_down', 'simple')"),
         (dict(lateral_levels="finest"), "lateral_levels='finest' is not valid; valid values: 'all', 'coarsest'"),
         (dict(path_repeats=0), "path_repeats=0 must be an int >= 1"),
         (dict(upsample_mode="area"), "upsample_mode='area' is not valid; valid values: 'nearest', 'bilinear'"),

@@ -10,7 +10,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.backbone import FPN
 from detectron2.utils.events import EventStorage
 
-from fpn_variants.modeling import PRESETS, FeaturePyramid, preset_pyramid
+from fpn_variants.modeling import PATHS, PRESETS, FeaturePyramid, preset_pyramid
 
 from conftest import REPO
 
@@ -75,7 +75,7 @@ def test_lazy_config_instantiates_and_steps_with_every_preset(path, preset):
     torch.manual_seed(0)
     model = instantiate(cfg.model)
     assert type(model.backbone) is FeaturePyramid
-    assert len(model.backbone.post_paths) == sum(p in ("bottom_up", "bifpn") for p in PRESETS[preset]["paths"])
+    assert len(model.backbone.post_paths) == sum(PATHS.get(p).STAGE == "post" for p in PRESETS[preset]["paths"])
     # a training step (R-50, CPU: ~15 s) for every preset on FCOS (LazyConfig is its only config here;
     # the yacs heads are stepped with every preset in test_heads.py), for fpn_full on every config and
     # for every other preset on one more config each; every pair is loaded and instantiated

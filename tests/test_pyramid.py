@@ -146,7 +146,7 @@ def test_gradient_reaches_every_parameter(preset):
         (dict(fuse_type="max"), "fuse_type='max' is not valid"),
         (dict(upsample_mode="bicubic"), "upsample_mode='bicubic' is not valid"),
         (dict(paths=("sideways",)), "path='sideways' is not valid"),
-        (dict(lateral_levels="coarsest", paths=()), "needs the 'top_down' path"),
+        (dict(lateral_levels="coarsest", paths=()), "needs a merge-stage path"),
         (dict(lateral="residual", residual_blocks=0), "residual_blocks=0"),
     ],
 )

@@ -6,6 +6,7 @@ from .presets import PRESETS, Preset
 from .registry import ACTIVATIONS, FUSIONS, LATERALS, OUTPUTS, PATHS, UPSAMPLES, PartRegistry
 from .roi_heads import Conv5ROIHeads, ResNetConv5ROIHeads
 from . import timm_backbone  # noqa: F401  (registers build_timm_backbone)
+from . import published_ops  # noqa: F401  (registers CARAFE, ASFF, the balanced and the simple pyramid)
 from .timm_backbone import TimmBottomUp
 from .pyramid import FeaturePyramid, ResidualBottleneck, build_fusion, build_lateral, build_output, fuse
 

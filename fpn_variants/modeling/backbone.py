@@ -268,9 +268,30 @@ def build_fpn_bifpn_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
     return build_pyramid_backbone(cfg, input_shape, "fpn_bifpn")
 
 
+def build_fpn_carafe_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """FPN with CARAFE upsampling in the top-down pathway (Wang et al., ICCV 2019): preset ``fpn_carafe``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_carafe")
+
+
+def build_fpn_asff_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """FPN with ASFF's per-pixel softmax fusion (Liu et al. 2019): preset ``fpn_asff``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_asff")
+
+
+def build_fpn_bfp_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """FPN plus Libra R-CNN's balanced feature pyramid (Pang et al., CVPR 2019): preset ``fpn_bfp``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_bfp")
+
+
+def build_fpn_simple_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """ViTDet's simple feature pyramid from C5 (Li et al., ECCV 2022): preset ``fpn_simple``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_simple")
+
+
 for _builder in (build_fpn_full_backbone, build_fpn_bottom_up_only_backbone, build_fpn_top_down_only_backbone,
                  build_fpn_lateral_only_backbone, build_fpn_residual_backbone, build_fpn_panet_backbone,
-                 build_fpn_bifpn_backbone):
+                 build_fpn_bifpn_backbone, build_fpn_carafe_backbone, build_fpn_asff_backbone, build_fpn_bfp_backbone,
+                 build_fpn_simple_backbone):
     if _builder.__name__ not in BACKBONE_REGISTRY:  # registered once, also when the module is reloaded
         BACKBONE_REGISTRY.register(_builder)
 

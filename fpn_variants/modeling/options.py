@@ -74,7 +74,9 @@ class PyramidOptions:
             name = self.paths[merge[-1]]
             raise ValueError(f"paths={self.paths}: {name!r} may appear once, first (it merges the lateral maps)")
         if self.lateral_levels == "coarsest" and not merge:
-            raise ValueError("lateral_levels='coarsest' needs the 'top_down' path: without it the finer levels get no map")
+            names = ", ".join(repr(p) for p in PATHS if PATHS.get(p).STAGE == "merge")
+            raise ValueError(f"lateral_levels='coarsest' needs a merge-stage path ({names}): without it the finer "
+                             "levels get no map")
         if not isinstance(self.path_repeats, int) or self.path_repeats < 1:
             raise ValueError(f"path_repeats={self.path_repeats!r} must be an int >= 1")
         if not isinstance(self.residual_blocks, int) or self.residual_blocks < 1:

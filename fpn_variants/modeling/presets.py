@@ -66,4 +66,17 @@ PRESETS: Dict[str, Preset] = {
     # (FPN_VARIANTS.SEPARABLE_CONV True for EfficientDet's separable convs).
     "fpn_bifpn": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=("bifpn",), output="none"),
                         defaults=dict(fuse_type="weighted"), source="Tan et al., EfficientDet, CVPR 2020, §3"),
+    # Beyond the paper, issue 19 (ops in fpn_variants/modeling/published_ops.py):
+    # CARAFE (Wang et al., ICCV 2019): FPN with content-aware x2 upsampling in the top-down pathway.
+    "fpn_carafe": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=("top_down",), output="conv3x3"),
+                         defaults=dict(upsample_mode="carafe"), source="Wang et al., CARAFE, ICCV 2019, §3-4"),
+    # ASFF (Liu et al. 2019): FPN whose fusion nodes weight their inputs per pixel (softmax).
+    "fpn_asff": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=("top_down",), output="conv3x3"),
+                       defaults=dict(fuse_type="asff"), source="Liu et al., ASFF, arXiv 1911.09516, §3.2"),
+    # Libra R-CNN (Pang et al., CVPR 2019): FPN, then the balanced pyramid refinement (non-local).
+    "fpn_bfp": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=("top_down", "bfp"), output="conv3x3"),
+                      source="Pang et al., Libra R-CNN, CVPR 2019, §3.2"),
+    # ViTDet's simple feature pyramid (Li et al., ECCV 2022): every level from C5 by deconvolutions.
+    "fpn_simple": Preset(dict(lateral="conv1x1", lateral_levels="coarsest", paths=("simple",), output="conv3x3"),
+                         source="Li et al., ViTDet, ECCV 2022, §3"),
 }
