@@ -14,6 +14,11 @@ from fpn_variants.config import add_fpn_variants_config, load_config, validate_c
 from conftest import REPO, small_cfg
 
 EXPECTED = {
+    "build_fpn_carafe_backbone",
+    "build_fpn_asff_backbone",
+    "build_fpn_bfp_backbone",
+    "build_fpn_simple_backbone",
+    "build_fpn_nasfpn_backbone",
     "build_fpn_full_backbone",
     "build_fpn_bottom_up_only_backbone",
     "build_fpn_top_down_only_backbone",

@@ -9,16 +9,17 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 from fpn_variants.modeling import FUSIONS, PATHS, PRESETS, UPSAMPLES, FeaturePyramid, PyramidOptions, backbone_name
-from fpn_variants.modeling.published_ops import CARAFE, ASFFFusion, BalancedPyramidPath, NonLocal2d, SimplePyramidPath
+from fpn_variants.modeling.published_ops import (CARAFE, ASFFFusion, BalancedPyramidPath, NASFPNCell, NonLocal2d,
+                                                 SimplePyramidPath)
 
 from conftest import R18_SHAPES, small_cfg, synthetic_features
 
 IN = ["res2", "res3", "res4", "res5"]
-NEW = ("fpn_carafe", "fpn_asff", "fpn_bfp", "fpn_simple")
+NEW = ("fpn_carafe", "fpn_asff", "fpn_bfp", "fpn_simple", "fpn_nasfpn")
 
 
 def test_each_design_is_one_registered_op_and_a_preset():
-    assert "carafe" in UPSAMPLES and "asff" in FUSIONS and "bfp" in PATHS and "simple" in PATHS
+    assert "carafe" in UPSAMPLES and "asff" in FUSIONS and all(p in PATHS for p in ("bfp", "simple", "nasfpn"))
     assert PRESETS["fpn_carafe"].defaults == {"upsample_mode": "carafe"}
     assert PRESETS["fpn_asff"].defaults == {"fuse_type": "asff"}
     assert PRESETS["fpn_bfp"]["paths"] == ("top_down", "bfp") and PRESETS["fpn_simple"]["paths"] == ("simple",)
@@ -107,6 +108,34 @@ def test_simple_pyramid_builds_every_level_from_c5_alone():
         assert torch.equal(out[k], other[k])
 
 
+def test_nasfpn_cell_wires_the_discovered_architecture():
+    """The seven merging cells of Fig. 7(f), levels counted from the finest input: each spec is [output
+    level, attention?, coarser input node, other input node, their levels, unconsumed nodes of the
+    output level added at an output node]; the last five nodes are the outputs, one per level."""
+    cell = NASFPNCell([True] * 4 + [False], 8, PyramidOptions(path_repeats=2))
+    assert cell.specs == [[1, 1, 3, 1, 3, 1], [1, 0, 1, 5, 1, 1], [0, 0, 6, 0, 1, 0], [1, 0, 6, 7, 1, 0],
+                          [2, 1, 8, 7, 1, 0, 2], [4, 1, 9, 6, 2, 1, 4], [3, 1, 10, 9, 4, 2]]
+    assert cell.levels[-5:] == [0, 1, 2, 4, 3]
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 8, s, s + 1, requires_grad=True) for s in (32, 16, 8, 4, 2)]
+    out = cell(maps)
+    assert [tuple(o.shape) for o in out] == [tuple(m.shape) for m in maps]
+    sum(o.sum() for o in out).backward()
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in cell.convs)
+    assert all(m.grad is not None for m in maps)  # every input level reaches the outputs
+    # global-pooling attention: the coarser input's global max gates the finer one
+    x_coarse, x_fine = torch.full((1, 1, 2, 2), -30.0), torch.ones(1, 1, 2, 2)
+    gate = torch.sigmoid(torch.amax(x_coarse, dim=(2, 3), keepdim=True))
+    assert torch.allclose(x_coarse + x_fine * gate, x_coarse, atol=1e-9)
+    # the pyramid repeats the cell path_repeats times, after the top block (P2..P6)
+    net = FeaturePyramid(R18_SHAPES, IN, 16, top_block=LastLevelMaxPool(), path_repeats=3, **PRESETS["fpn_nasfpn"])
+    assert len(net.final_paths) == 3 and not net.post_paths
+    with pytest.raises(ValueError, match="NAS-FPN's cell merges 5 levels, this pyramid has 4"):
+        FeaturePyramid(R18_SHAPES, IN, 16, top_block=None, **PRESETS["fpn_nasfpn"])
+    with pytest.raises(ValueError, match="final-stage path .* comes after every other path"):
+        PyramidOptions(paths=("top_down", "nasfpn", "bottom_up"))
+
+
 @pytest.mark.parametrize("preset", NEW)
 def test_preset_builds_trains_and_infers_through_its_builder(preset):
     from detectron2.modeling import build_model
@@ -132,3 +161,17 @@ def test_preset_builds_trains_and_infers_through_its_builder(preset):
     unused = [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None
               and not n.startswith("bottom_up.")]
     assert not unused, unused
+
+
+def test_balanced_pyramids_non_local_learns_once_its_output_conv_moves():
+    """The zero-initialised output conv gets a gradient at once; after one step the inner convs do too."""
+    torch.manual_seed(0)
+    path = BalancedPyramidPath([True] * 4, 8, PyramidOptions())
+    maps = [torch.randn(1, 8, s, s) for s in (16, 8, 4, 2)]
+    opt = torch.optim.SGD(path.parameters(), lr=0.1)
+    sum(y.square().mean() for y in path(maps)).backward()
+    assert path.refine.out.weight.grad.abs().sum() > 0 and path.refine.theta.weight.grad.abs().sum() == 0
+    opt.step()
+    opt.zero_grad()
+    sum(y.square().mean() for y in path(maps)).backward()
+    assert all(getattr(path.refine, m).weight.grad.abs().sum() > 0 for m in ("theta", "phi", "g"))

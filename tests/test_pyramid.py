@@ -28,8 +28,10 @@ def test_output_names_strides_shapes_on_odd_sizes(preset):
     assert all(v.channels == 32 for v in shapes.values())
     for name, stride in (("p2", 4), ("p3", 8), ("p4", 16), ("p5", 32)):
         assert out[name].shape == (2, 32, conv_size(333, stride), conv_size(517, stride)), name
-    # P6 is P5 subsampled by 2 (kernel 1, stride 2)
-    assert torch.equal(out["p6"], out["p5"][:, :, ::2, ::2])
+    # P6 is P5 subsampled by 2 (kernel 1, stride 2), unless a final-stage path (NAS-FPN) transforms
+    # every level after the top block
+    if not net.final_paths:
+        assert torch.equal(out["p6"], out["p5"][:, :, ::2, ::2])
     assert net.size_divisibility == 32
 
 
@@ -129,7 +131,12 @@ def test_gradient_reaches_every_parameter(preset):
     params = dict(net.named_parameters())
     assert params
     for name, p in params.items():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert p.grad is not None, name
+        # Libra R-CNN's non-local block starts as the identity (its output conv is zero-initialised, as
+        # published), so its inner convs get a zero gradient until that conv has moved off zero
+        if ".refine." in name and not name.split(".refine.")[1].startswith("out."):
+            continue
+        assert p.grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize(

@@ -478,3 +478,24 @@ def test_a_suite_of_ones_own_is_not_attributed_to_the_fpn_paper(tmp_path):
     t1 = "\n".join(_header(dict(suite=get_suite("table1-neon"), commands=[], seeds=[0], opts=[])))
     assert "Paper: Lin et al., FPN, CVPR 2017, Table 1." in t1
     assert get_suite("table1").dataset == "COCO" and amp.dataset == ""
+
+
+def test_every_necks_row_builds_its_neck_on_the_pretrained_recipe():
+    """issue 19's neck comparison: each row is the pretrained demo recipe with one builder changed, and
+    builds (Lite2 with the packaged weights, GN in the pyramid) with the preset's published settings."""
+    from detectron2.modeling import build_backbone
+
+    from fpn_variants.config import load_config
+    from fpn_variants.modeling import PRESETS
+
+    suite = get_suite("necks-neon-pretrained")
+    assert suite.baseline == "fpn" and suite.citation == "" and len(suite.rows) == 8
+    for row in suite.rows:
+        cfg = load_config(os.path.join(config_root(), row.config), list(row.opts))
+        cfg.MODEL.DEVICE = "cpu"
+        net = build_backbone(cfg)
+        preset = row.opts[1][len("build_"):-len("_backbone")]
+        assert sorted(net.output_shape()) == ["p2", "p3", "p4", "p5", "p6"], row.key
+        assert net.options.paths == PRESETS[preset]["paths"] and net.options.norm == "GN", row.key
+        for key, value in PRESETS[preset].defaults.items():
+            assert getattr(net.options, key) == value, row.key

@@ -259,6 +259,43 @@ register_suite(_beyond_suite("beyond", "COCO", "COCO 2017, the paper's R-50 RPN 
 register_suite(_beyond_suite("beyond-neon", "NEON", _NEON_NOTE))
 
 
+# Issue 19: the necks on one pretrained bottom-up pathway, in the manner of EfficientDet's Table 5 (FPN
+# 42.3, FPN + PANet 44.1, NAS-FPN 43.2, BiFPN 44.4 AP on one backbone). Every row: the pretrained demo
+# recipe (Lite2, GN in the pyramid, d = 128) with only MODEL.BACKBONE.NAME changed, each preset with its
+# published settings (BiFPN: weighted fusion; CARAFE / ASFF: their op) from its builder.
+_NECKS = (
+    ("fpn", "FPN (Lin et al. 2017)", "fpn_full", "the baseline: 1x1 laterals, top-down pathway, 3x3 outputs"),
+    ("panet", "FPN + PANet path", "fpn_panet",
+     "PANet: the extra bottom-up path helps (Liu et al. 2018, Table 3); EfficientDet Table 5: +1.8 AP over FPN"),
+    ("bifpn", "BiFPN x1, weighted", "fpn_bifpn",
+     "EfficientDet: repeated BiFPN beats FPN and PANet at equal cost (Tan et al. 2020, Table 5: +2.1 AP over FPN)"),
+    ("nasfpn", "NAS-FPN x1 (P2..P6)", "fpn_nasfpn",
+     "NAS-FPN: the discovered cell beats FPN (Ghiasi et al. 2019); EfficientDet Table 5: +0.9 AP over FPN"),
+    ("simple", "simple pyramid from C5 (ViTDet)", "fpn_simple",
+     "ViTDet: with a plain ViT a simple pyramid from one map is enough; on a hierarchical backbone, does the "
+     "hierarchy of laterals matter? (Li et al. 2022, §4)"),
+    ("carafe", "FPN + CARAFE upsampling", "fpn_carafe",
+     "CARAFE: content-aware upsampling in FPN improves Faster R-CNN AP (Wang et al. 2019, Table 2)"),
+    ("bfp", "FPN + balanced pyramid (Libra)", "fpn_bfp",
+     "Libra R-CNN: the balanced feature pyramid improves AP (Pang et al. 2019, Table 3)"),
+    ("asff", "FPN + ASFF fusion", "fpn_asff",
+     "ASFF: per-pixel adaptive fusion beats fixed fusion (Liu et al. 2019, Table 1, on YOLOv3)"),
+)
+register_suite(Suite(
+    "necks-neon-pretrained", "The necks on one pretrained bottom-up pathway (Faster R-CNN, NEON)",
+    (Metric("bbox/AP", "AP"), Metric("bbox/AP50", "AP@0.5"), Metric("bbox/APs", "AP_s"), Metric("bbox/APm", "AP_m")),
+    "AP",
+    tuple(Row(k, label, "NEON/faster_rcnn_lite2_FPN_cpu.yaml", ("MODEL.BACKBONE.NAME", f"build_{preset}_backbone"), {},
+              claim) for k, label, preset, claim in _NECKS),
+    source="issue 19; Tan et al., EfficientDet, CVPR 2020, Table 5",
+    notes=("NEON tree crowns, the pretrained demo recipe (configs/NEON/faster_rcnn_lite2_FPN_cpu.yaml: timm "
+           "tf_efficientnet_lite2 with packaged ImageNet weights, FrozenBN, GN in the pyramid, d = 128, 360 "
+           "iterations x 8 tiles); each row changes MODEL.BACKBONE.NAME only. The literature's numbers are "
+           "COCO with other backbones and detectors; compare each row with the FPN row, not with them."),
+    baseline="fpn",
+))
+
+
 def get_suite(name: str) -> Suite:
     """The suite called ``name``. Raises ``KeyError`` naming close matches and every suite."""
     if name in SUITES:

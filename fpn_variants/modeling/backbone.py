@@ -288,10 +288,15 @@ def build_fpn_simple_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
     return build_pyramid_backbone(cfg, input_shape, "fpn_simple")
 
 
+def build_fpn_nasfpn_backbone(cfg, input_shape: ShapeSpec) -> FeaturePyramid:
+    """NAS-FPN's discovered cells over P2..P6 (Ghiasi et al., CVPR 2019): preset ``fpn_nasfpn``."""
+    return build_pyramid_backbone(cfg, input_shape, "fpn_nasfpn")
+
+
 for _builder in (build_fpn_full_backbone, build_fpn_bottom_up_only_backbone, build_fpn_top_down_only_backbone,
                  build_fpn_lateral_only_backbone, build_fpn_residual_backbone, build_fpn_panet_backbone,
                  build_fpn_bifpn_backbone, build_fpn_carafe_backbone, build_fpn_asff_backbone, build_fpn_bfp_backbone,
-                 build_fpn_simple_backbone):
+                 build_fpn_simple_backbone, build_fpn_nasfpn_backbone):
     if _builder.__name__ not in BACKBONE_REGISTRY:  # registered once, also when the module is reloaded
         BACKBONE_REGISTRY.register(_builder)
 

@@ -26,7 +26,9 @@ class PyramidOptions:
             ``"residual"`` (§3's residual blocks as the connections).
         lateral_levels: ``"all"`` or ``"coarsest"`` (only C5 gets a lateral; Table 1(e)).
         paths: paths over the levels (:data:`~fpn_variants.modeling.registry.PATHS`), in order; a
-            ``"merge"``-stage path (``"top_down"``) at most once and first, ``()``: none (Table 1(d)).
+            ``"merge"``-stage path (``"top_down"``, ``"simple"``) at most once and first, ``"post"``
+            paths on the output maps, ``"final"`` paths (``"nasfpn"``) last, on every level including
+            the top block's; ``()``: none (Table 1(d)).
         output: output op per level (:data:`~fpn_variants.modeling.registry.OUTPUTS`).
         fuse_type: fusion op at every fusion node (:data:`~fpn_variants.modeling.registry.FUSIONS`).
         upsample_mode: upsampling op of the top-down pathway and BiFPN (:data:`~fpn_variants.modeling.registry.UPSAMPLES`).
@@ -73,6 +75,10 @@ class PyramidOptions:
         if len(merge) > 1 or merge and merge[0] != 0:
             name = self.paths[merge[-1]]
             raise ValueError(f"paths={self.paths}: {name!r} may appear once, first (it merges the lateral maps)")
+        stages = [PATHS.get(p).STAGE for p in self.paths]
+        if "final" in stages and any(st != "final" for st in stages[stages.index("final"):]):
+            raise ValueError(f"paths={self.paths}: a final-stage path (run on every level, the top block's too) "
+                             "comes after every other path")
         if self.lateral_levels == "coarsest" and not merge:
             names = ", ".join(repr(p) for p in PATHS if PATHS.get(p).STAGE == "merge")
             raise ValueError(f"lateral_levels='coarsest' needs a merge-stage path ({names}): without it the finer "
@@ -91,8 +97,13 @@ class PyramidOptions:
 
     @property
     def post_paths(self) -> Tuple[str, ...]:
-        """The paths run on the output maps, in order."""
-        return self.paths[1:] if self.merge_path else self.paths
+        """The paths run on the output maps (before the top block), in order."""
+        return tuple(p for p in self.paths if PATHS.get(p).STAGE == "post")
+
+    @property
+    def final_paths(self) -> Tuple[str, ...]:
+        """The paths run on every level, the top block's included (NAS-FPN's cell), in order."""
+        return tuple(p for p in self.paths if PATHS.get(p).STAGE == "final")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -79,4 +79,8 @@ PRESETS: Dict[str, Preset] = {
     # ViTDet's simple feature pyramid (Li et al., ECCV 2022): every level from C5 by deconvolutions.
     "fpn_simple": Preset(dict(lateral="conv1x1", lateral_levels="coarsest", paths=("simple",), output="conv3x3"),
                          source="Li et al., ViTDet, ECCV 2022, §3"),
+    # NAS-FPN (Ghiasi et al., CVPR 2019): 1x1 laterals, the P6 top block, then FPN_VARIANTS.PATH_REPEATS
+    # discovered cells over P2..P6 (the paper: P3..P7, 7 cells, BN).
+    "fpn_nasfpn": Preset(dict(lateral="conv1x1", lateral_levels="all", paths=("nasfpn",), output="none"),
+                         source="Ghiasi et al., NAS-FPN, CVPR 2019, Fig. 7(f)"),
 }

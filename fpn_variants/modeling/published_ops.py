@@ -8,13 +8,15 @@
   CVPR 2019, §3.2), post path ``"bfp"``;
 * :class:`SimplePyramidPath` — ViTDet's simple feature pyramid, every level from one bottom-up map
   (Li et al., "Exploring Plain Vision Transformer Backbones for Object Detection", ECCV 2022, §3),
-  merge path ``"simple"``.
+  merge path ``"simple"``;
+* :class:`NASFPNCell` — NAS-FPN's discovered cell with its sum and global-pooling attention merges
+  (Ghiasi et al., CVPR 2019), repeatable final path ``"nasfpn"``.
 
 Every design here runs over the same levels as the rest of this package (P2..P5 from C2..C5, P6 from
 the top block) so that all share Detectron2's RPN / RoI heads and anchors; where a paper's levels or
 details differ, the class docstring says how. All of them script (``torch.jit.script``) like the
 paper's parts. Presets: :data:`fpn_variants.modeling.presets.PRESETS` (``fpn_carafe``, ``fpn_asff``,
-``fpn_bfp``, ``fpn_simple``).
+``fpn_bfp``, ``fpn_simple``, ``fpn_nasfpn``).
 """
 from __future__ import annotations
 
@@ -31,7 +33,15 @@ from .options import PyramidOptions
 from .pyramid import Fusion, _conv
 from .registry import FUSIONS, PATHS, UPSAMPLES
 
-__all__ = ["CARAFE", "ASFFFusion", "NonLocal2d", "BalancedPyramidPath", "SimplePyramidPath"]
+__all__ = ["CARAFE", "ASFFFusion", "NonLocal2d", "BalancedPyramidPath", "SimplePyramidPath", "NASFPN_CELL", "NASFPNCell"]
+
+
+def _norm(norm: str, channels: int) -> Optional[nn.Module]:
+    """Detectron2's ``get_norm``, except GN on fewer than 32 channels (ASFF's 16), which gets
+    gcd(32, channels) groups instead of failing."""
+    if norm == "GN" and channels % 32:
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    return get_norm(norm, channels)
 
 
 def _resize_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -92,13 +102,14 @@ class ASFFFusion(Fusion):
 
     Departure: ASFF fuses all levels of a YOLOv3 head at each level; here it is the fusion op of the
     nodes of any path (the top-down pathway's two maps, BiFPN's two or three), with the path's own
-    resizing. ``compressed`` = 16, ASFF's published width (its "ASFF*" setting uses 8).
+    resizing. ``compressed`` = 16, ASFF's published width (its "ASFF*" setting uses 8); with GN
+    those convs get 16 groups (Detectron2's 32 need 32 channels).
     """
 
     def __init__(self, num_inputs: int, channels: int, norm: str = "", compressed: int = 16):
         super().__init__(num_inputs, "asff")
         self.compress = nn.ModuleList(
-            [Conv2d(channels, compressed, 1, bias=not norm, norm=get_norm(norm, compressed),
+            [Conv2d(channels, compressed, 1, bias=not norm, norm=_norm(norm, compressed),
                     activation=nn.LeakyReLU(0.1)) for _ in range(num_inputs)]
         )
         for m in self.compress:
@@ -255,3 +266,102 @@ class SimplePyramidPath(nn.Module):
 
 
 PATHS.register("simple")(SimplePyramidPath)
+
+
+# NAS-FPN's discovered cell (Ghiasi et al., CVPR 2019, Fig. 7(f); the block list of the authors'
+# TensorFlow release): (output level, merge op, (input node, input node), is an output). Levels are
+# counted from the cell's finest input (0 = P3 in the paper, P2 here); nodes 0-4 are the inputs, each
+# block appends one node.
+NASFPN_CELL = (
+    (1, "attention", (1, 3), False),
+    (1, "sum", (1, 5), False),
+    (0, "sum", (0, 6), True),
+    (1, "sum", (6, 7), True),
+    (2, "attention", (7, 8), True),
+    (4, "attention", (6, 9), True),
+    (3, "attention", (9, 10), True),
+)
+
+
+class NASFPNCell(nn.Module):
+    """One NAS-FPN cell (Ghiasi et al., "NAS-FPN: Learning Scalable Feature Pyramid Architecture for
+    Object Detection", CVPR 2019, §3-4, Fig. 7(f)) over five levels, the discovered architecture
+    :data:`NASFPN_CELL`: seven merging cells, each resampling its two input nodes to its output level
+    (max pooling down, nearest upsampling up), merging them by **sum** or **global-pooling attention**
+    (``coarser + finer · sigmoid(global max of coarser)``, the coarser input gating the finer), adding,
+    at an output node, the nodes of its level that nothing has consumed yet, then ReLU → 3×3 conv
+    (``opts.norm``; the paper: BN). The last five nodes are the outputs, one per level. Repeated
+    ``opts.path_repeats`` times with own weights (the paper's best: 7). Maps (N, d, H_k, W_k) in and out.
+
+    A final-stage path: it runs after the top block, on every level. Departure: the paper's levels are
+    P3..P7; here the default pyramid's P2..P6 (``MODEL.FPN.IN_FEATURES`` res2..res5 and the P6 top
+    block), so that it shares Detectron2's RPN / RoI heads and anchors; RetinaNet's P3..P7 recipe
+    (res3..res5 with ``p6p7_c5``) gives the paper's levels.
+
+    Raises:
+        ValueError: a pyramid with other than five levels (in_features plus the top block's).
+    """
+
+    STAGE = "final"
+    REPEATABLE = True
+
+    def __init__(self, level_has_lateral: Sequence[bool], channels: int, opts: PyramidOptions):
+        super().__init__()
+        if len(level_has_lateral) != 5:
+            raise ValueError(
+                f"NAS-FPN's cell merges 5 levels, this pyramid has {len(level_has_lateral)} (in_features and the top "
+                "block's levels): use MODEL.FPN.IN_FEATURES res2..res5 with a one-level top block (P2..P6), or "
+                "res3..res5 with FPN_VARIANTS.TOP_BLOCK p6p7_c5 (P3..P7, the paper's)")
+        levels = [0, 1, 2, 3, 4]
+        consumed = [False] * 5
+        specs: List[List[int]] = []
+        for level, op, (a, b), is_output in NASFPN_CELL:
+            consumed[a] = consumed[b] = True
+            extra = []
+            if is_output:  # nodes of this level that nothing has consumed join the output node
+                extra = [j for j in range(len(levels)) if not consumed[j] and levels[j] == level]
+                for j in extra:
+                    consumed[j] = True
+            if levels[a] < levels[b]:  # the attention gate comes from the coarser input: make it `a`
+                a, b = b, a
+            # [output level, 1 = attention / 0 = sum, a, b, level of a, level of b, extra nodes...]
+            specs.append([level, int(op == "attention"), a, b, levels[a], levels[b], *extra])
+            levels.append(level)
+            consumed.append(False)
+        self.specs = specs
+        self.levels = levels
+        self.num_nodes = len(levels)
+        self.convs = nn.ModuleList([
+            _conv(channels, channels, 3, opts.norm, separable=opts.separable) for _ in NASFPN_CELL
+        ])
+
+    def _resample(self, x: torch.Tensor, src: int, dst: int, like: torch.Tensor) -> torch.Tensor:
+        if src < dst:
+            f = 1
+            for _ in range(dst - src):
+                f = f * 2
+            x = F.max_pool2d(x, kernel_size=f, stride=f, ceil_mode=True)
+        return _resize_like(x, like)
+
+    def forward(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
+        nodes: List[torch.Tensor] = list(maps)
+        for i, conv in enumerate(self.convs):
+            spec = self.specs[i]
+            level, attention, a, b, la, lb = spec[0], spec[1], spec[2], spec[3], spec[4], spec[5]
+            like = maps[level]
+            x0 = self._resample(nodes[a], la, level, like)
+            x1 = self._resample(nodes[b], lb, level, like)
+            if attention == 1:
+                new = x0 + x1 * torch.sigmoid(torch.amax(x0, dim=(2, 3), keepdim=True))
+            else:
+                new = x0 + x1
+            for j in spec[6:]:
+                new = new + nodes[j]
+            nodes.append(conv(F.relu(new)))
+        out: List[torch.Tensor] = [maps[0]] * 5
+        for j in range(self.num_nodes - 5, self.num_nodes):
+            out[self.levels[j]] = nodes[j]
+        return out
+
+
+PATHS.register("nasfpn")(NASFPNCell)

@@ -673,6 +673,13 @@ class FeaturePyramid(_ScriptViews, Backbone):
             cls = PATHS.get(p)
             post += [cls(level_has_lateral, out_channels, opts) for _ in range(opts.path_repeats if cls.REPEATABLE else 1)]
         self.post_paths = nn.ModuleList(post)
+        top_levels = [False] * (top_block.num_levels if top_block is not None else 0)
+        final = []
+        for p in opts.final_paths:
+            cls = PATHS.get(p)
+            final += [cls([*level_has_lateral, *top_levels], out_channels, opts)
+                      for _ in range(opts.path_repeats if cls.REPEATABLE else 1)]
+        self.final_paths = nn.ModuleList(final)
 
         self._out_feature_strides = {f"p{s}": 2**s for s in stages}
         if top_block is not None:
@@ -735,6 +742,8 @@ class FeaturePyramid(_ScriptViews, Backbone):
             else:  # a pyramid level (checked at build)
                 top_in = results[self._out_features.index(src)]
             results.extend(self.top_block(top_in))
+        for path in self.final_paths:
+            results = path(results)
         return {name: x for name, x in zip(self._out_features, results)}
 
     def forward(self, x):

@@ -7,9 +7,10 @@ registry               constructor signature (``opts``: :class:`~fpn_variants.mo
 :data:`LATERALS`       ``(in_channels, out_channels, opts) -> nn.Module``: C_k (N, C_k, H, W) -> (N, d, H, W)
 :data:`UPSAMPLES`      ``(channels, opts) -> nn.Module`` with ``forward(x, like)``: x (N, d, h, w) to like's H, W
 :data:`FUSIONS`        ``(num_inputs, channels, opts) -> nn.Module`` with ``forward(list of (N, d, H, W))``
-:data:`PATHS`          a path class: ``STAGE`` (``"merge"``: on the lateral maps, before the output op;
-                       ``"post"``: on the output maps), ``REPEATABLE`` (``opts.path_repeats`` copies),
-                       ``from_options(level_has_lateral, channels, opts)``
+:data:`PATHS`          a path class ``(level_has_lateral, channels, opts)`` with ``STAGE`` (``"merge"``: on
+                       the lateral maps, before the output op; ``"post"``: on the output maps; ``"final"``:
+                       on every level after the top block's, ``level_has_lateral`` then covering those
+                       levels too) and ``REPEATABLE`` (``opts.path_repeats`` copies)
 :data:`OUTPUTS`        ``(channels, opts) -> Optional[nn.Module]``: (N, d, H, W) -> (N, d, H, W), or none
 :data:`ACTIVATIONS`    ``() -> Optional[nn.Module]``: the non-linearity after every extra conv
 :data:`TOP_BLOCKS`     ``(in_features, input_shapes, out_channels) -> Optional[nn.Module]``: Detectron2's
