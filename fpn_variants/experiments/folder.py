@@ -118,12 +118,6 @@ class SweepFolder:
         """Write the run record ``run_dir/run.json`` atomically."""
         write_json_atomic(os.path.join(run_dir, cls.RUN_FILE), record)
 
-    @staticmethod
-    def summarize_run(run_dir: str, metric_keys: Sequence[str]) -> dict:
-        """What a record stores of a run's ``metrics.json``: ``metrics`` (final value per key),
-        ``s_per_it``, ``train_loss`` (:func:`fpn_variants.experiments.records.run_summary`)."""
-        return run_summary(run_dir, metric_keys)
-
     # -- the manifest ------------------------------------------------------------------------------
     def exists(self) -> bool:
         return os.path.isfile(self.file(self.MANIFEST))
@@ -213,7 +207,7 @@ class SweepFolder:
                     continue
                 rec = self.read_record(run_dir) or {}
                 if "s_per_it" not in rec or "train_loss" not in rec:  # no record yet, or an older one
-                    rec = {**rec, **self.summarize_run(run_dir, [m.key for m in suite.metrics])}
+                    rec = {**rec, **run_summary(run_dir, [m.key for m in suite.metrics])}
                 vals = rec.get("metrics") or {}
                 out.append(dict(
                     row=row.key, seed=seed, status=rec.get("status", "not finished"), seconds=rec.get("seconds"),

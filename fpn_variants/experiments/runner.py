@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .folder import SweepFolder, load_run_config
+from .records import run_summary
 
 __all__ = ["RunSpec", "execute_run", "execute_proposals", "proposals_done", "failed_record"]
 
@@ -112,6 +113,10 @@ def _run_logged(cmd: List[str], run_dir: str, env: Optional[dict] = None) -> Tup
         return rc, f.readlines()[-40:]
 
 
+def _record_head(spec: RunSpec) -> dict:
+    return dict(suite=spec.suite, row=spec.row, seed=spec.seed, command=shlex.join(spec.command))
+
+
 def _failure(rc: Optional[int], tail: List[str], why: Optional[str] = None) -> dict:
     return dict(status="failed", returncode=rc, error=why or _error_line(tail), log_tail="".join(tail[-25:]))
 
@@ -131,12 +136,11 @@ def execute_run(spec: RunSpec) -> dict:
     env = dict(os.environ)
     if spec.threads:
         env["OMP_NUM_THREADS"] = str(spec.threads)
-    record = dict(suite=spec.suite, row=spec.row, seed=spec.seed, command=shlex.join(spec.command),
-                  host=os.uname().nodename, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    record = dict(_record_head(spec), host=os.uname().nodename, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     t0 = time.time()
     rc, tail = _run_logged(spec.command, spec.run_dir, env)
     record["seconds"] = round(time.time() - t0, 1)
-    record.update(SweepFolder.summarize_run(spec.run_dir, spec.metric_keys))
+    record.update(run_summary(spec.run_dir, spec.metric_keys))
     missing = [k for k in spec.metric_keys if k not in record["metrics"]]
     if rc == 0 and not missing:
         record.update(status="done", error=None, log_tail=None)
@@ -153,9 +157,8 @@ def execute_run(spec: RunSpec) -> dict:
 def failed_record(spec: RunSpec, exc: BaseException) -> dict:
     """Write and return the record of a run whose job died outside the training (scheduler, pickling,
     a failed proposals stage)."""
-    record = dict(suite=spec.suite, row=spec.row, seed=spec.seed, command=shlex.join(spec.command),
-                  status="failed", error=f"{type(exc).__name__}: {exc}",
-                  **SweepFolder.summarize_run(spec.run_dir, spec.metric_keys))
+    record = dict(_record_head(spec), status="failed", error=f"{type(exc).__name__}: {exc}",
+                  **run_summary(spec.run_dir, spec.metric_keys))
     os.makedirs(spec.run_dir, exist_ok=True)
     SweepFolder.write_record(spec.run_dir, record)
     return record

@@ -528,6 +528,16 @@ def _present(maps: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
     return out
 
 
+def _build_paths(names: Sequence[str], level_has_lateral: List[bool], channels: int,
+                 opts: PyramidOptions) -> nn.ModuleList:
+    """The registered paths ``names`` in order, a repeatable one ``opts.path_repeats`` times (own weights)."""
+    paths: List[nn.Module] = []
+    for name in names:
+        cls = PATHS.get(name)
+        paths += [cls(level_has_lateral, channels, opts) for _ in range(opts.path_repeats if cls.REPEATABLE else 1)]
+    return nn.ModuleList(paths)
+
+
 def _stage(stride: int) -> int:
     return int(math.log2(stride))
 
@@ -668,18 +678,9 @@ class FeaturePyramid(_ScriptViews, Backbone):
         # the merge-stage path keeps Detectron2-era name `top_down`; post paths are `post_paths.<i>`
         merge = opts.merge_path
         self.top_down = PATHS.get(merge)(level_has_lateral, out_channels, opts) if merge else None
-        post = []
-        for p in opts.post_paths:
-            cls = PATHS.get(p)
-            post += [cls(level_has_lateral, out_channels, opts) for _ in range(opts.path_repeats if cls.REPEATABLE else 1)]
-        self.post_paths = nn.ModuleList(post)
+        self.post_paths = _build_paths(opts.post_paths, level_has_lateral, out_channels, opts)
         top_levels = [False] * (top_block.num_levels if top_block is not None else 0)
-        final = []
-        for p in opts.final_paths:
-            cls = PATHS.get(p)
-            final += [cls([*level_has_lateral, *top_levels], out_channels, opts)
-                      for _ in range(opts.path_repeats if cls.REPEATABLE else 1)]
-        self.final_paths = nn.ModuleList(final)
+        self.final_paths = _build_paths(opts.final_paths, [*level_has_lateral, *top_levels], out_channels, opts)
 
         self._out_feature_strides = {f"p{s}": 2**s for s in stages}
         if top_block is not None:
