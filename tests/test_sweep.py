@@ -16,7 +16,7 @@ from conftest import REPO
 from fpn_variants.experiments.folder import SweepFolder
 from fpn_variants.experiments.records import read_metrics, run_summary
 from fpn_variants.experiments.report import ranking_agreement, write_report
-from fpn_variants.experiments.suites import SUITES, Metric, Row, Suite, config_root, get_suite
+from fpn_variants.experiments.suites import PRETRAINED_BOTTOM_UP, SUITES, Metric, Row, Suite, config_root, get_suite
 from fpn_variants.experiments.sweep import plan_runs, run_sweep
 
 run_status = SweepFolder.read_record
@@ -499,3 +499,58 @@ def test_every_necks_row_builds_its_neck_on_the_pretrained_recipe():
         assert net.options.paths == PRESETS[preset]["paths"] and net.options.norm == "GN", row.key
         for key, value in PRESETS[preset].defaults.items():
             assert getattr(net.options, key) == value, row.key
+
+
+@pytest.mark.parametrize("table", ["table1", "table2", "table3"])
+def test_every_pretrained_table_row_builds_on_the_pretrained_bottom_up(table):
+    """issue 16's second regime: each row of the -neon suite, with the suite's overrides giving every
+    run (Table 2's proposals RPN too) Lite2 with its packaged ImageNet weights; the C4 rows' RoI head is
+    Lite2's own pretrained stride-32 stages."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from fpn_variants.config import load_config
+    from fpn_variants.modeling.timm_backbone import TimmBottomUp, create_timm_classifier
+    from fpn_variants.experiments.sweep import proposals_spec
+
+    scratch, suite = get_suite(f"{table}-neon"), get_suite(f"{table}-neon-pretrained")
+    assert [(r.key, r.config, r.opts, r.paper) for r in suite.rows] == [
+        (r.key, r.config, r.opts, r.paper) for r in scratch.rows]
+    assert suite.opts == PRETRAINED_BOTTOM_UP and scratch.opts == ()
+    specs = plan_runs(suite, [0], "/tmp/x")
+    assert all(s.command[s.command.index("--resume") + 1:][:len(suite.opts)] == list(suite.opts) for s in specs)
+    configs = [(s.config_file, s.row_opts) for s in specs]
+    if suite.proposals:
+        prop = proposals_spec(suite, "/tmp/x")
+        assert prop.run_dir == "/tmp/x/proposals" and prop.row_opts == suite.opts
+        configs.append((prop.config_file, prop.row_opts))
+    ref = list(create_timm_classifier("tf_efficientnet_lite2", "package").state_dict().values())
+    for config_file, opts in configs:
+        cfg = load_config(config_file, list(opts))
+        cfg.MODEL.DEVICE = "cpu"
+        model = build_model(cfg)
+        bottom_up = [m for m in model.backbone.modules() if isinstance(m, TimmBottomUp)]
+        assert len(bottom_up) == 1, config_file
+        # the packaged ImageNet weights are loaded (one stage-3 tensor compared with the package's)
+        sd = bottom_up[0].state_dict()
+        key = next(k for k in sd if k.endswith("weight") and sd[k].ndim == 4 and ".2." in k)
+        assert any(v.shape == sd[key].shape and torch.equal(sd[key], v) for v in ref), config_file
+        if cfg.MODEL.ROI_HEADS.NAME.endswith("Conv5ROIHeads"):
+            head = model.roi_heads.res5.state_dict()  # conv5 = Lite2's own stride-32 stages, pretrained
+            w = next(v for v in head.values() if v.ndim == 4)
+            assert any(v.shape == w.shape and torch.equal(w, v) for v in ref), config_file
+
+
+def test_the_pretrained_regime_is_the_pretrained_demo_recipe():
+    """PRETRAINED_BOTTOM_UP over the scratch base gives every key the value of the pretrained demo recipe
+    (configs/NEON/faster_rcnn_lite2_FPN_cpu.yaml), so the two cannot drift apart."""
+    from fpn_variants.config import load_config
+
+    base = load_config(os.path.join(config_root(), "NEON/Base-NEON-CPU.yaml"), list(PRETRAINED_BOTTOM_UP))
+    demo = load_config(os.path.join(config_root(), "NEON/faster_rcnn_lite2_FPN_cpu.yaml"), [])
+    keys = PRETRAINED_BOTTOM_UP[::2]
+    get = lambda cfg, k: [cfg := getattr(cfg, p) for p in k.split(".")][-1]
+    assert {k: get(base, k) for k in keys} == {k: get(demo, k) for k in keys}
+    differ = [k for k in ("MODEL.BACKBONE.NAME", "SOLVER.MAX_ITER", "SOLVER.BASE_LR", "MODEL.FPN.OUT_CHANNELS",
+                          "INPUT.MIN_SIZE_TRAIN") if get(base, k) != get(demo, k)]
+    assert differ == [], differ

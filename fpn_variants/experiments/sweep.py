@@ -15,7 +15,7 @@ per run ``OUTPUT/<row key>/seed<k>/`` with its run record ``run.json``), which t
 Behaviour:
 
 * every run is ``python -m fpn_variants.train_net --config-file ROW.config --resume OUTPUT_DIR
-  <run dir> SEED <k> [ROW.opts] [your KEY VALUE overrides]``: ``--resume`` continues an
+  <run dir> SEED <k> [SUITE.opts] [ROW.opts] [your KEY VALUE overrides]``: ``--resume`` continues an
   interrupted run from its ``last_checkpoint`` and is a no-op for a fresh one;
 * re-running the same command skips runs whose ``run.json`` says ``done``, resumes interrupted
   ones, and retries failed ones (from their last checkpoint); a failed run is recorded (exit code,
@@ -44,7 +44,7 @@ from .records import last_iteration
 from .runner import PROPOSAL_METRICS, RunSpec, execute_proposals, execute_run, failed_record, proposals_done
 from .suites import Suite, get_suite
 
-__all__ = ["EXECUTORS", "plan_runs", "run_sweep", "load_suite", "cli"]
+__all__ = ["EXECUTORS", "plan_runs", "proposals_spec", "run_sweep", "load_suite", "cli"]
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 
@@ -63,9 +63,23 @@ def plan_runs(suite: Suite, seeds: Sequence[int], output: str, opts: Sequence[st
     folder = SweepFolder(output)
     keys = tuple(m.key for m in suite.metrics)
     cfgs = {row.key: resolve_config(row.config) for row in suite.rows}
-    return [RunSpec(suite.name, row.key, int(seed), folder.run_dir(row.key, seed), cfgs[row.key], tuple(row.opts),
+    return [RunSpec(suite.name, row.key, int(seed), folder.run_dir(row.key, seed), cfgs[row.key], suite.run_opts(row),
                     tuple(opts), keys, num_gpus, threads, keep_checkpoints)
             for seed in seeds for row in suite.rows]
+
+
+def proposals_spec(suite: Suite, output: str, opts: Sequence[str] = (), threads: Optional[int] = None,
+                   num_gpus: int = 1, keep_checkpoints: bool = False) -> RunSpec:
+    """The run of a Fast R-CNN suite's proposals RPN (``suite.proposals`` with the suite's and the
+    sweep's overrides) in ``OUTPUT/proposals``.
+
+    Raises:
+        ValueError: the suite has no proposals stage. FileNotFoundError: its config does not exist.
+    """
+    if not suite.proposals:
+        raise ValueError(f"suite {suite.name!r} has no proposals stage (only a Fast R-CNN suite has one)")
+    return RunSpec(suite.name, "proposals", 0, SweepFolder(output).proposals_dir, resolve_config(suite.proposals),
+                   suite.opts, tuple(opts), PROPOSAL_METRICS, num_gpus, threads, keep_checkpoints)
 
 
 def _make_executor(kind: str, output: str, jobs: int, slurm: dict):
@@ -193,8 +207,7 @@ def _proposals_stage(ex, folder: SweepFolder, suite: Suite, specs: List[RunSpec]
     """Train the proposals RPN and dump its proposals (once per folder); returns ``(specs reading
     them, [])``. If the stage fails: ``([], the records of specs)``, every run not yet done recorded
     as failed, naming why (the sweep goes on to its report)."""
-    prop = RunSpec(suite.name, "proposals", 0, folder.proposals_dir, resolve_config(suite.proposals), (), tuple(opts),
-                   PROPOSAL_METRICS, num_gpus, threads, keep_checkpoints)
+    prop = proposals_spec(suite, folder.path, opts, threads, num_gpus, keep_checkpoints)
     (rec,) = _drive(ex, [prop], execute_proposals, proposals_done, 1, f"{suite.name} proposals", poll_s)
     if proposals_done(rec):
         return [sp.with_proposals(rec["proposal_files"]) for sp in specs], []
@@ -294,8 +307,9 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     if a.list:
         from .suites import SUITES
 
+        width = max(map(len, SUITES))
         for name, s in SUITES.items():
-            print(f"{name:14s} {s.source}: {s.title} ({len(s.rows)} rows; {s.headline})")
+            print(f"{name:{width}s} {s.source}: {s.title} ({len(s.rows)} rows; {s.headline})")
         return 0
     if not a.suite:
         p.error("give a suite name or a suite .json file (--list shows the suites)")
@@ -304,6 +318,10 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         if a.dry_run:
             output = a.output or os.path.join("output", "sweeps", suite.name)
             selected = _select_rows(suite, a.rows)
+            if suite.proposals:
+                prop = proposals_spec(suite, output, a.opts, a.threads, a.num_gpus)
+                st = (SweepFolder.read_record(prop.run_dir) or {}).get("status", "todo")
+                print(f"{st:7s} (proposals) {shlex.join(prop.command)}")
             for s in plan_runs(suite, range(a.seeds), output, a.opts, a.threads, a.num_gpus):
                 if s.row not in selected:
                     continue
