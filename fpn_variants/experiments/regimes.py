@@ -1,0 +1,350 @@
+"""The paper's three tables in two regimes side by side: from scratch and ImageNet-pretrained (issue 16).
+
+Usage::
+
+    python -m fpn_variants.experiments.regimes                      # docs/results -> docs/results/regimes
+    python -m fpn_variants.experiments.regimes --results output/sweeps --output output/regimes
+
+Reads the result folders of the table suites (``<results>/table{1,2,3}-neon`` from scratch,
+``<results>/table{1,2,3}-neon-pretrained``; sweep folders or committed result folders, through
+:func:`fpn_variants.experiments.report.collect`), measures nothing, and writes, each atomically:
+
+* ``regimes.json`` — per table, regime and row: mean / std / runs of every metric; per table and
+  regime: Kendall tau of the rows' order against the paper's, per metric; every pair of rows the paper
+  orders, with each regime's verdict; the gap test (below);
+* ``report.md`` — for every table, row and metric: paper | from scratch | pretrained; the taus; the
+  pair verdicts; the gap test; then ``discussion.md`` of the output folder, if there is one;
+* ``regimes.png`` — the headline metric of every row per regime (mean, error bar = std, dots = runs)
+  with the paper's value, and the gap test's differences.
+
+**The difference of two rows** (a - b) in one regime is paired run by run: the runs of both rows with
+the same seed (and, where a sweep has folds, the same fold) give one difference each; its mean, the
+sample std of those differences (ddof = 1: the spread of one run's difference) and their count. A pair
+the paper orders a > b is **agrees** where mean > std, **disagrees** where mean < -std, **unresolved**
+where |mean| <= std (within the seeds' spread) or fewer than 2 paired runs; "not run" without runs.
+
+**The gap test** (Lin et al. §5.1: "the semantic gap" between levels, closed by the top-down pathway
+and the lateral connections): the gain of FPN (c) over the bottom-up pyramid (d) and over the top-down
+pyramid without laterals (e), in Table 1's AR1k and AR1k_s and Table 2's AP and AP_s, per regime; and
+whether pretraining widens it: the pretrained gap minus the scratch gap, with spread
+sqrt(std_scratch^2 + std_pretrained^2), "wider" / "narrower" beyond it, "within the spread" inside.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .folder import SweepFolder
+from .report import collect, ranking_agreement, summarize
+from .suites import get_suite
+
+__all__ = ["REGIMES", "TABLES", "GAPS", "paired_difference", "pair_verdict", "build", "write_regimes", "cli"]
+
+# (key, label, suite-name suffix)
+REGIMES: Tuple[Tuple[str, str, str], ...] = (
+    ("scratch", "from scratch (R-18)", "-neon"),
+    ("pretrained", "ImageNet-pretrained (Lite2)", "-neon-pretrained"),
+)
+TABLES = ("table1", "table2", "table3")
+# (table, a, b, metrics): the gain of a over b
+GAPS: Tuple[Tuple[str, str, str, Tuple[str, ...]], ...] = (
+    ("table1", "c_fpn", "d_bottom_up", ("AR1k", "AR1k_s")),
+    ("table1", "c_fpn", "e_top_down", ("AR1k", "AR1k_s")),
+    ("table2", "c_fpn", "d_bottom_up", ("AP", "AP_s")),
+    ("table2", "c_fpn", "e_top_down", ("AP", "AP_s")),
+)
+
+
+def _run_key(run: dict) -> tuple:
+    return run.get("fold"), run["seed"]
+
+
+def _std(xs: Sequence[float]) -> Optional[float]:
+    if len(xs) < 2:
+        return None
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _value(run: dict, metric: str) -> Optional[float]:
+    v = run["metrics"].get(metric)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def paired_difference(runs_a: List[dict], runs_b: List[dict], metric: str) -> dict:
+    """``{diff, std, n}``: the mean over runs paired by (fold, seed) of ``a - b`` in ``metric``, the sample
+    std of those differences (``None`` below 2 pairs) and the number of pairs (``diff`` ``None`` at 0).
+    Only finished runs with a value count."""
+    b = {_run_key(r): _value(r, metric) for r in runs_b if r["status"] == "done"}
+    diffs = [va - b[k] for r in runs_a if r["status"] == "done"
+             for k, va in [(_run_key(r), _value(r, metric))] if va is not None and b.get(k) is not None]
+    return dict(diff=sum(diffs) / len(diffs) if diffs else None, std=_std(diffs), n=len(diffs))
+
+
+def pair_verdict(d: dict) -> str:
+    """"agrees" / "disagrees" / "unresolved" / "not run" for a difference that the paper says is > 0."""
+    if d["diff"] is None:
+        return "not run"
+    if d["std"] is None or abs(d["diff"]) <= d["std"]:
+        return "unresolved"
+    return "agrees" if d["diff"] > 0 else "disagrees"
+
+
+def _load(results: str, table: str, suffix: str) -> Optional[dict]:
+    path = os.path.join(results, table + suffix)
+    if not SweepFolder(path).exists():
+        return None
+    col = collect(path)
+    return dict(path=path, collected=col, rows={r["row"]: r for r in summarize(col)},
+                runs={row.key: [r for r in col["runs"] if r["row"] == row.key] for row in col["suite"].rows})
+
+
+def build(results: str) -> dict:
+    """Everything the report shows, from the result folders under ``results`` (see the module
+    docstring); a regime whose folder is missing has ``None`` in its place."""
+    out = dict(regimes=[dict(key=k, label=label, suffix=sfx) for k, label, sfx in REGIMES], tables={}, gaps=[])
+    loaded = {}
+    for table in TABLES:
+        suite = get_suite(table + REGIMES[0][2])  # rows, metrics and paper numbers (the same in every regime)
+        names = [m.name for m in suite.metrics]
+        t = dict(title=suite.title, source=suite.source, headline=suite.headline, metrics=names,
+                 rows=[dict(key=r.key, label=r.label, paper=dict(r.paper)) for r in suite.rows],
+                 regimes={}, pairs=[])
+        for key, _, sfx in REGIMES:
+            data = loaded[table, key] = _load(results, table, sfx)
+            if data is None:
+                t["regimes"][key] = None
+                continue
+            rows = [data["rows"].get(r.key) or dict(row=r.key, mean={}, std={}, paper=dict(r.paper), n_done=0)
+                    for r in suite.rows]
+            t["regimes"][key] = dict(
+                folder=os.path.relpath(data["path"], results),
+                proposals=_proposals_note(data["path"], data["collected"]),
+                rows={r["row"]: dict(mean=r["mean"], std=r["std"], n=r.get("n_done", 0)) for r in rows},
+                kendall_tau={m: ranking_agreement(rows, m)["kendall_tau"] for m in names},
+            )
+        h = suite.headline
+        paper_rows = [r for r in suite.rows if h in r.paper]
+        for i, ra in enumerate(paper_rows):
+            for rb in paper_rows[i + 1:]:
+                if ra.paper[h] == rb.paper[h]:
+                    continue
+                hi, lo = (ra, rb) if ra.paper[h] > rb.paper[h] else (rb, ra)
+                pair = dict(higher=hi.key, lower=lo.key, paper_diff=hi.paper[h] - lo.paper[h], regimes={})
+                for key, _, _ in REGIMES:
+                    data = loaded[table, key]
+                    d = (paired_difference(data["runs"][hi.key], data["runs"][lo.key], h) if data
+                         else dict(diff=None, std=None, n=0))
+                    pair["regimes"][key] = dict(d, verdict=pair_verdict(d))
+                t["pairs"].append(pair)
+        out["tables"][table] = t
+    for table, a, b, metrics in GAPS:
+        suite = get_suite(table + REGIMES[0][2])
+        by = {r.key: r for r in suite.rows}
+        for m in metrics:
+            g = dict(table=table, a=a, b=b, metric=m, paper=by[a].paper.get(m, math.nan) - by[b].paper.get(m, math.nan),
+                     regimes={})
+            for key, _, _ in REGIMES:
+                data = loaded[table, key]
+                g["regimes"][key] = (paired_difference(data["runs"][a], data["runs"][b], m) if data
+                                     else dict(diff=None, std=None, n=0))
+            s, p = g["regimes"]["scratch"], g["regimes"]["pretrained"]
+            if s["diff"] is None or p["diff"] is None:
+                g["widening"] = dict(diff=None, spread=None, verdict="not run")
+            else:
+                spread = (math.sqrt(s["std"] ** 2 + p["std"] ** 2) if s["std"] is not None and p["std"] is not None
+                          else None)
+                w = p["diff"] - s["diff"]
+                verdict = ("within the spread" if spread is None or abs(w) <= spread
+                           else "wider" if w > 0 else "narrower")
+                g["widening"] = dict(diff=w, spread=spread, verdict=verdict)
+            out["gaps"].append(g)
+    return out
+
+
+def _proposals_note(path: str, col: dict) -> str:
+    """Which RPN made a Fast R-CNN suite's proposals, and its AR (from the proposals stage's run record)."""
+    suite = col["suite"]
+    if not suite.proposals:
+        return ""
+    rec = SweepFolder.read_record(SweepFolder(path).proposals_dir) or {}
+    ar = (rec.get("metrics") or {}).get("box_proposals/AR@1000")
+    got = f"AR1k {ar:.1f}" if ar is not None else "its record is not in the folder"
+    return f"{suite.proposals} with the suite's overrides, seed 0 (the regime's Table 1(c) RPN): {got}"
+
+
+def _f(x, digits=1, sign=False):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _cell(mean, std, n, sign=False):
+    if mean is None:
+        return "not run" if not n else "—"
+    s = _f(mean, sign=sign)
+    return (s + f" ± {std:.1f}" if std is not None else s) + f" ({n})"
+
+
+def _render(data: dict, discussion: str, command: str) -> str:
+    regimes = data["regimes"]
+    L = ["# The paper's tables in two regimes: from scratch and ImageNet-pretrained", "",
+         "Lin et al., FPN, CVPR 2017, Tables 1-3 (COCO, ImageNet-pretrained R-50) beside this project's NEON "
+         "ablations: " + "; ".join(f"**{r['label']}** = the `*{r['suffix']}` suites" for r in regimes) + ". "
+         "Generated by `fpn_variants.experiments.regimes` from the committed result folders; nothing here is "
+         "typed by hand.", "", "Reproduce:", "", "```", command, "```", "",
+         "Cells: mean ± sample std over runs (number of runs); the paper's COCO number first. Compare orderings, "
+         "not values: the data, the backbones and the schedules differ from the paper's.", ""]
+    for table, t in data["tables"].items():
+        L += [f"## {t['source']}: {t['title']}", ""]
+        for r in regimes:
+            info = t["regimes"][r["key"]]
+            where = f"`{info['folder']}`" if info else "not run yet"
+            L.append(f"- {r['label']}: {where}" + (f"; proposals: {info['proposals']}" if info and info["proposals"] else ""))
+        L.append("")
+        head = " | ".join(f"{m}: paper / scratch / pretrained" for m in t["metrics"])
+        L += [f"| row | {head} |", "|---|" + "---|" * len(t["metrics"])]
+        for row in t["rows"]:
+            cells = []
+            for m in t["metrics"]:
+                parts = [_f(row["paper"].get(m))]
+                for r in regimes:
+                    info = t["regimes"][r["key"]]
+                    s = info["rows"][row["key"]] if info else None
+                    parts.append(_cell(s["mean"].get(m), s["std"].get(m), s["n"]) if s else "not run")
+                cells.append(" / ".join(parts))
+            L.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        L += ["", "Kendall tau of the rows' order (by mean) against the paper's, over the rows with a paper number:", "",
+              "| metric | " + " | ".join(r["label"] for r in regimes) + " |", "|---|" + "---|" * len(regimes)]
+        for m in t["metrics"]:
+            taus = [_f((t["regimes"][r["key"]] or {}).get("kendall_tau", {}).get(m), 2, sign=True)
+                    for r in regimes]
+            L.append(f"| {m} | " + " | ".join(taus) + " |")
+        labels = {row["key"]: row["label"].split(" ")[0] for row in t["rows"]}
+        L += ["", f"Every pair the paper orders ({t['headline']}; a > b in the paper), our paired difference a - b "
+              "± std (runs) and the verdict:", "",
+              "| pair | paper | " + " | ".join(r["label"] for r in regimes) + " |", "|---|---|" + "---|" * len(regimes)]
+        for p in t["pairs"]:
+            cells = [d["verdict"] if d["verdict"] == "not run" else
+                     f"{_cell(d['diff'], d['std'], d['n'], sign=True)} {d['verdict']}"
+                     for d in (p["regimes"][r["key"]] for r in regimes)]
+            L.append(f"| {labels[p['higher']]} > {labels[p['lower']]} | {_f(p['paper_diff'], sign=True)} | "
+                     + " | ".join(cells) + " |")
+        counts = {r["key"]: {v: sum(p["regimes"][r["key"]]["verdict"] == v for p in t["pairs"])
+                             for v in ("agrees", "disagrees", "unresolved", "not run")} for r in regimes}
+        L += ["", "; ".join(f"{r['label']}: " + ", ".join(f"{n} {v}" for v, n in counts[r["key"]].items() if n)
+                            for r in regimes) + ".", ""]
+    L += ["## The gap test: does pretraining open the gap the paper reports?", "",
+          "The gain of FPN (c) over the bottom-up pyramid (d) — the top-down pathway's worth — and over the "
+          "top-down pyramid without lateral connections (e), paired by run; 'widening' = pretrained gap - scratch "
+          "gap, beyond or within sqrt(std_scratch^2 + std_pretrained^2).", "",
+          "| table | gain | metric | paper | " + " | ".join(r["label"] for r in regimes) + " | widening |",
+          "|---|---|---|---|" + "---|" * len(regimes) + "---|"]
+    for g in data["gaps"]:
+        labels = {row["key"]: row["label"].split(" ")[0] for row in data["tables"][g["table"]]["rows"]}
+        cells = [_cell(d["diff"], d["std"], d["n"], sign=True) for d in (g["regimes"][r["key"]] for r in regimes)]
+        w = g["widening"]
+        wc = "not run" if w["diff"] is None else f"{_f(w['diff'], sign=True)} ± {_f(w['spread'])}: {w['verdict']}"
+        L.append(f"| {g['table']} | {labels[g['a']]} - {labels[g['b']]} | {g['metric']} | {_f(g['paper'], sign=True)} | "
+                 + " | ".join(cells) + f" | {wc} |")
+    L += ["", "A difference is paired by run (same seed; same fold where a sweep has folds): its std is that of one "
+          "run's difference, the seeds' spread. 'unresolved': |mean| within that spread or fewer than 2 paired runs.",
+          ""]
+    if discussion.strip():
+        L += ["## Discussion", "", discussion.strip(), ""]
+    return "\n".join(L)
+
+
+def _plot(path: str, data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = data["regimes"]
+    colours = {"scratch": "#7aa6c2", "pretrained": "#e0a45a"}
+    fig, axes = plt.subplots(1, len(data["tables"]) + 1, figsize=(19, 5.4), layout="constrained")
+    for ax, (table, t) in zip(axes, data["tables"].items()):
+        h, rows = t["headline"], t["rows"]
+        width = 0.8 / len(regimes)
+        for j, r in enumerate(regimes):
+            info = t["regimes"][r["key"]]
+            xs = [i + (j - (len(regimes) - 1) / 2) * width for i in range(len(rows))]
+            means = [(info["rows"][row["key"]]["mean"].get(h) if info else None) for row in rows]
+            stds = [(info["rows"][row["key"]]["std"].get(h) if info else None) or 0.0 for row in rows]
+            ax.bar(xs, [m if m is not None else float("nan") for m in means], width, yerr=stds, capsize=3,
+                   color=colours.get(r["key"]), label=r["label"])
+            for x, m in zip(xs, means):
+                if m is None:
+                    ax.text(x, 0, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="crimson")
+        paper = [(i, row["paper"][h]) for i, row in enumerate(rows) if h in row["paper"]]
+        if paper:
+            ax.plot([i for i, _ in paper], [v for _, v in paper], "r_", ms=18, mew=2, label="paper (COCO)")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([row["label"].split(" ")[0] if row["label"].startswith("(") else row["key"] for row in rows],
+                           fontsize=8, rotation=30, ha="right")
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(f"{h} (%)")
+        ax.set_title(f"{t['source']}: {h}", fontsize=10)
+    axes[0].legend(fontsize=8, loc="lower left")
+    ax = axes[-1]
+    gaps = data["gaps"]
+    width = 0.8 / (len(regimes) + 1)
+    for j, r in enumerate(regimes):
+        ds = [g["regimes"][r["key"]] for g in gaps]
+        xs = [i + (j - len(regimes) / 2) * width for i in range(len(gaps))]
+        ax.bar(xs, [d["diff"] if d["diff"] is not None else float("nan") for d in ds], width,
+               yerr=[d["std"] or 0.0 for d in ds], capsize=3, color=colours.get(r["key"]), label=r["label"])
+    ax.bar([i + (len(regimes) / 2) * width for i in range(len(gaps))], [g["paper"] for g in gaps], width,
+           color="#c44e52", label="paper (COCO)")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xticks(range(len(gaps)))
+    ax.set_xticklabels([f"T{g['table'][-1]} {g['a'][0]}-{g['b'][0]}\n{g['metric']}" for g in gaps], fontsize=7)
+    ax.set_title("gap test: gain of (c) over (d) / (e)", fontsize=10)
+    ax.set_ylabel("difference (points)")
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def write_regimes(results: str, output: str, command: Optional[str] = None) -> Dict[str, str]:
+    """Build the comparison from the result folders under ``results`` and write ``regimes.json``,
+    ``report.md`` and ``regimes.png`` into ``output`` (created if missing); returns their paths.
+    ``discussion.md`` of ``output`` is carried into the report."""
+    data = build(results)
+    os.makedirs(output, exist_ok=True)
+    paths = {n: os.path.join(output, n) for n in ("regimes.json", "report.md", "regimes.png")}
+    write_json_atomic(paths["regimes.json"], data)
+    cmd = command or f"python -m fpn_variants.experiments.regimes --results {results} --output {output}"
+    write_text_atomic(paths["report.md"], _render(data, SweepFolder(output).discussion(), cmd))
+    _plot(paths["regimes.png"], data)
+    return paths
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fpn_variants.experiments.regimes",
+                                description="The paper's tables from scratch and pretrained, side by side.")
+    p.add_argument("--results", default=os.path.join("docs", "results"),
+                   help="folder holding table{1,2,3}-neon[-pretrained] (default docs/results)")
+    p.add_argument("--output", help="where to write (default RESULTS/regimes)")
+    a = p.parse_args(argv)
+    if not os.path.isdir(a.results):
+        p.error(f"--results {a.results!r} is not a folder")
+    output = a.output or os.path.join(a.results, "regimes")
+    command = "python -m fpn_variants.experiments.regimes" + ("" if a.results == os.path.join("docs", "results") else
+                                                              f" --results {a.results}") + (
+        f" --output {a.output}" if a.output else "")
+    paths = write_regimes(a.results, output, command)
+    print(f"[regimes] {paths['report.md']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,100 @@
+"""The two-regime report (issue 16): the paper's tables from scratch and pretrained side by side, each
+pair the paper orders judged per regime against the seeds' spread, and the gap test."""
+import json
+import os
+
+import pytest
+
+from fpn_variants.experiments.folder import SweepFolder
+from fpn_variants.experiments.regimes import build, paired_difference, pair_verdict, write_regimes
+from fpn_variants.experiments.suites import get_suite
+
+
+def fake_sweep(results, name, values):
+    """A sweep folder of suite ``name`` whose run (row, seed) finished with AR1k / AR1k_s = values[row][seed]
+    (every other metric 1.0 below AR1k)."""
+    suite = get_suite(name)
+    folder = SweepFolder(os.path.join(results, name))
+    seeds = sorted({s for per in values.values() for s in range(len(per))})
+    folder.update_manifest(suite, [], seeds, f"python -m fpn_variants.sweep {name}")
+    for row in suite.rows:
+        for seed, v in enumerate(values.get(row.key, [])):
+            metrics = {m.key: v - 1.0 for m in suite.metrics}
+            metrics.update({"box_proposals/AR@1000": v, "box_proposals/ARs@1000": v / 2})
+            run_dir = folder.run_dir(row.key, seed)
+            os.makedirs(run_dir)
+            SweepFolder.write_record(run_dir, dict(row=row.key, seed=seed, status="done", seconds=1.0, s_per_it=1.0,
+                                                   train_loss=0.5, error=None, metrics=metrics))
+
+
+def test_paired_difference_pairs_runs_by_seed_and_judges_against_its_spread():
+    run = lambda seed, v, status="done": dict(seed=seed, status=status, metrics={"AP": v})
+    a = [run(0, 10.0), run(1, 12.0), run(2, 11.0), run(3, 50.0)]
+    b = [run(0, 9.0), run(1, 10.0), run(2, 10.5, "failed")]  # seed 2 failed, seed 3 absent: 2 pairs
+    d = paired_difference(a, b, "AP")
+    assert d == pytest.approx(dict(diff=1.5, std=0.7071067811865476, n=2))
+    assert pair_verdict(d) == "agrees"
+    assert pair_verdict(dict(diff=-0.5, std=0.7, n=3)) == "unresolved"
+    assert pair_verdict(dict(diff=-1.5, std=0.7, n=3)) == "disagrees"
+    assert pair_verdict(dict(diff=2.0, std=None, n=1)) == "unresolved"  # one pair: no spread
+    assert pair_verdict(paired_difference(a, [], "AP")) == "not run"
+    # a fold axis pairs (fold, seed): the same seed on another fold is another run
+    fa = [dict(run(0, 10.0), fold=0), dict(run(0, 20.0), fold=1)]
+    fb = [dict(run(0, 9.0), fold=0), dict(run(0, 18.0), fold=1)]
+    assert paired_difference(fa, fb, "AP") == pytest.approx(dict(diff=1.5, std=0.7071067811865476, n=2))
+
+
+def test_regimes_report_puts_both_regimes_beside_the_paper(tmp_path):
+    results = str(tmp_path / "results")
+    # scratch: (d) above (c), as on NEON; pretrained: (c) clearly above (d) and (e)
+    fake_sweep(results, "table1-neon", {"a_C4": [40, 41, 39], "b_C5": [25, 26, 24], "c_fpn": [49, 50, 48],
+                                        "d_bottom_up": [50, 51, 50], "e_top_down": [43, 44, 42],
+                                        "f_p2_only": [48.8, 50.1, 48.4]})
+    fake_sweep(results, "table1-neon-pretrained", {"a_C4": [50, 51, 50], "b_C5": [45, 46, 44],
+                                                   "c_fpn": [60, 61, 60], "d_bottom_up": [53, 55, 54],
+                                                   "e_top_down": [50, 51, 49], "f_p2_only": [57, 58, 57]})
+    data = build(results)
+    t1 = data["tables"]["table1"]
+    pairs = {(p["higher"], p["lower"]): p for p in t1["pairs"]}
+    assert len(t1["pairs"]) == 15  # 6 rows with paper numbers
+    cd = pairs["c_fpn", "d_bottom_up"]
+    assert cd["paper_diff"] == pytest.approx(6.8)
+    assert cd["regimes"]["scratch"]["diff"] == pytest.approx(-4 / 3) and cd["regimes"]["scratch"]["verdict"] == "disagrees"
+    assert cd["regimes"]["pretrained"]["diff"] == pytest.approx(19 / 3) and cd["regimes"]["pretrained"]["verdict"] == "agrees"
+    assert pairs["c_fpn", "f_p2_only"]["regimes"]["scratch"]["verdict"] == "unresolved"  # +0.23 within 0.29
+    assert t1["regimes"]["pretrained"]["kendall_tau"]["AR1k"] > t1["regimes"]["scratch"]["kendall_tau"]["AR1k"]
+    assert data["tables"]["table2"]["regimes"] == {"scratch": None, "pretrained": None}
+    gap = next(g for g in data["gaps"] if (g["table"], g["b"], g["metric"]) == ("table1", "d_bottom_up", "AR1k"))
+    assert gap["paper"] == pytest.approx(6.8)
+    assert gap["widening"]["diff"] == pytest.approx(19 / 3 + 4 / 3) and gap["widening"]["verdict"] == "wider"
+    t2gap = next(g for g in data["gaps"] if g["table"] == "table2")
+    assert t2gap["widening"]["verdict"] == "not run"
+
+    out = str(tmp_path / "regimes")
+    os.makedirs(out)
+    with open(os.path.join(out, "discussion.md"), "w") as f:
+        f.write("What the runs show.")
+    paths = write_regimes(results, out, "python -m fpn_variants.experiments.regimes --results R")
+    md = open(paths["report.md"]).read()
+    assert "| (c) > (d) | +6.8 | -1.3 ± 0.6 (3) disagrees | +6.3 ± 0.6 (3) agrees |" in md
+    assert "| (c) FPN {P2..P6} | 44.0 / 48.0 ± 1.0 (3) / 59.3 ± 0.6 (3) | 56.3 / 49.0 ± 1.0 (3) / 60.3 ± 0.6 (3) |" in md
+    assert "| table2 | (c) - (d) | AP | +9.0 | not run | not run | not run |" in md
+    assert "+7.7 ± 0.8: wider" in md and "## Discussion\n\nWhat the runs show." in md
+    assert json.load(open(paths["regimes.json"]))["tables"]["table1"]["pairs"][0]["regimes"]["scratch"]["n"] == 3
+    assert os.path.getsize(paths["regimes.png"]) > 20000
+
+
+def test_the_committed_regimes_report_is_what_the_committed_results_give(tmp_path):
+    """docs/results/regimes is generated, never edited by hand: re-rendering it from docs/results gives
+    the same report.md and regimes.json."""
+    from conftest import REPO
+
+    src = os.path.join(REPO, "docs", "results", "regimes")
+    out = str(tmp_path / "regimes")
+    os.makedirs(out)
+    if os.path.isfile(os.path.join(src, "discussion.md")):
+        with open(os.path.join(src, "discussion.md")) as f, open(os.path.join(out, "discussion.md"), "w") as g:
+            g.write(f.read())
+    paths = write_regimes(os.path.join(REPO, "docs", "results"), out, "python -m fpn_variants.experiments.regimes")
+    for name in ("report.md", "regimes.json"):
+        assert open(paths[name]).read() == open(os.path.join(src, name)).read(), name
