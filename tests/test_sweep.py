@@ -554,3 +554,66 @@ def test_the_pretrained_regime_is_the_pretrained_demo_recipe():
     differ = [k for k in ("MODEL.BACKBONE.NAME", "SOLVER.MAX_ITER", "SOLVER.BASE_LR", "MODEL.FPN.OUT_CHANNELS",
                           "INPUT.MIN_SIZE_TRAIN") if get(base, k) != get(demo, k)]
     assert differ == [], differ
+
+
+def test_data_folds_are_a_sweep_axis(tmp_path):
+    """issue 16: --folds runs rows on the data's other region folds; the default fold's runs are the
+    plain ones (asked for by number or not, run once), each run records its fold, the report shows it."""
+    from fpn_variants.data.neon import dataset_name
+    from fpn_variants.experiments.suites import NEON_FOLDS
+
+    assert get_suite("table1-neon").folds == 4 and get_suite("table2-neon-pretrained").default_fold == 3
+    assert get_suite("table1-neon").fold_overrides(1) == (
+        "DATASETS.TRAIN", repr((dataset_name("train", 1),)), "DATASETS.TEST", repr((dataset_name("val", 1),)))
+    suite = Suite("tiny_folds", "tiny", AR, "AR1k", tiny_suite().rows, **NEON_FOLDS)
+    out = str(tmp_path / "sweep")
+    with pytest.raises(ValueError, match="fold 4 is not valid for suite 'tiny_folds'; valid: 0..3"):
+        run_sweep(suite, seeds=1, output=out, opts=TINY, folds=[4])
+    with pytest.raises(ValueError, match="has no data folds"):
+        run_sweep(tiny_suite(), seeds=1, output=out, opts=TINY, folds=[0])
+    assert not os.path.exists(os.path.join(out, "sweep.json"))
+    run_sweep(suite, seeds=1, output=out, opts=TINY, poll_s=0.5, report=False)  # the default fold, as always
+    records = run_sweep(suite, seeds=1, output=out, opts=TINY, poll_s=0.5, folds=[3, 0], rows=["c_fpn"])
+    assert [(r["row"], r.get("fold"), r["seed"]) for r in records] == [("c_fpn", None, 0), ("c_fpn", 0, 0)]
+    fold0 = os.path.join(out, "c_fpn", "fold0", "seed0")
+    assert "neon_trees_val_f0" in open(os.path.join(fold0, "config.yaml")).read()
+    assert "neon_trees_val_f0" not in open(os.path.join(out, "c_fpn", "seed0", "config.yaml")).read()
+    assert json.load(open(os.path.join(out, "sweep.json")))["fold_seeds"] == {"0": {"c_fpn": [0], "d_bottom_up": []}}
+    runs = [(r["row"], r["fold"], r["seed"], r["status"]) for r in csv.DictReader(open(os.path.join(out, "results.csv")))]
+    assert runs == [("c_fpn", "3", "0", "done"), ("c_fpn", "0", "0", "done"), ("d_bottom_up", "3", "0", "done")]
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert {r["row"]: r["n_done"] for r in res["rows"]} == {"c_fpn": 2, "d_bottom_up": 1}
+    assert "Data folds: the default fold (3) and folds [0]" in open(os.path.join(out, "report.md")).read()
+    # 42 val tiles in the default fold, another 42-ish in fold 0: the fold-0 run was evaluated on other data
+    assert run_status(fold0)["fold"] == 0 and run_status(fold0)["metrics"] != run_status(os.path.join(out, "c_fpn", "seed0"))["metrics"]
+
+    # publishing: the run records (no checkpoints, logs) into a committed folder, which renders the same
+    # table and from which the same sweep resumes without re-running anything
+    from fpn_variants.experiments.report import cli as report_cli
+
+    dest = str(tmp_path / "docs" / "tiny_folds")
+    assert report_cli([out, "--publish", dest]) == 0
+    files = sorted(os.path.relpath(os.path.join(r, n), dest) for r, _, ns in os.walk(dest) for n in ns)
+    assert not [f for f in files if f.endswith((".pth", "log.txt", "stdout.txt"))]
+    assert {"sweep.json", "costs.json", "c_fpn/fold0/seed0/run.json", "c_fpn/seed0/metrics.json",
+            "d_bottom_up/seed0/config.yaml"} <= set(files)
+    assert open(os.path.join(dest, "results.csv")).read() == open(os.path.join(out, "results.csv")).read()
+    again = run_sweep(suite, seeds=1, output=dest, opts=TINY, poll_s=0.5, folds=[3, 0], rows=["c_fpn"])
+    assert [r["seconds"] for r in again] == [r["seconds"] for r in records]  # the published records, not new runs
+    assert not [n for r, _, ns in os.walk(dest) for n in ns if n.endswith(".pth")]
+
+
+def test_a_fast_rcnn_suite_dumps_proposals_per_fold():
+    """Table 2 on another fold reads the proposals of an RPN trained on that fold, never the default one's."""
+    from fpn_variants.experiments.sweep import proposals_spec
+
+    suite = get_suite("table2-neon")
+    default, fold1 = proposals_spec(suite, "/tmp/x"), proposals_spec(suite, "/tmp/x", fold=1)
+    assert default.run_dir == "/tmp/x/proposals" and default.fold_opts == () and proposals_spec(suite, "/tmp/x", fold=3) == default
+    assert fold1.run_dir == "/tmp/x/proposals_fold1" and "('neon_trees_train_f1',)" in fold1.opts
+    spec = next(s for s in plan_runs(suite, [0], "/tmp/x", folds=[1]) if s.row == "c_fpn")
+    assert spec.run_dir == "/tmp/x/c_fpn/fold1/seed0"
+    with pytest.raises(ValueError, match="have no dumped proposals"):
+        spec.with_proposals({"neon_trees_train": "a.pkl", "neon_trees_val": "b.pkl"})
+    read = spec.with_proposals({"neon_trees_train_f1": "a.pkl", "neon_trees_val_f1": "b.pkl"})
+    assert read.proposal_files == (("a.pkl",), ("b.pkl",))

@@ -2,11 +2,13 @@
 
 Layout of ``SweepFolder(path)``::
 
-    sweep.json                 the manifest: suite, seeds (per row), overrides, the commands that ran
+    sweep.json                 the manifest: suite, seeds (per row and fold), overrides, the commands that ran
     .sweep.lock                held by the one sweep writing into the folder
     <row key>/seed<k>/         one run: Detectron2's own files (config.yaml, log.txt, metrics.json,
                                model_final.pth), stdout.txt and run.json, the run record
+    <row key>/fold<j>/seed<k>/ one run on the data's fold j (a suite's folds other than its default one)
     proposals/                 a Fast R-CNN suite's proposals RPN and its dumped proposals
+    proposals_fold<j>/         the same for fold j
     costs.json                 each row's parameters, GFLOPs and latency (cached by config content)
     discussion.md              a person's reading of the results, carried into report.md
     results.csv, results.json, report.md, <suite>.png    the report
@@ -87,14 +89,21 @@ class SweepFolder:
         """``path/name``."""
         return os.path.join(self.path, name)
 
-    def run_dir(self, row: str, seed: int) -> str:
-        """The folder of one run: ``path/<row>/seed<seed>``."""
-        return os.path.join(self.path, row, f"seed{seed}")
+    def run_dir(self, row: str, seed: int, fold: Optional[int] = None) -> str:
+        """The folder of one run: ``path/<row>/seed<seed>``, or ``path/<row>/fold<fold>/seed<seed>`` on a
+        fold other than the suite's default one (``fold`` ``None``)."""
+        if fold is None:
+            return os.path.join(self.path, row, f"seed{seed}")
+        return os.path.join(self.path, row, f"fold{fold}", f"seed{seed}")
 
     @property
     def proposals_dir(self) -> str:
         """The folder of a Fast R-CNN suite's proposals RPN: ``path/proposals``."""
-        return os.path.join(self.path, "proposals")
+        return self.fold_proposals_dir(None)
+
+    def fold_proposals_dir(self, fold: Optional[int]) -> str:
+        """The proposals RPN of ``fold``: ``path/proposals`` (default fold) or ``path/proposals_fold<fold>``."""
+        return os.path.join(self.path, "proposals" if fold is None else f"proposals_fold{fold}")
 
     def report_paths(self, suite: Suite) -> Dict[str, str]:
         """``{"results.csv", "results.json", "report.md", "png"}`` -> paths of the report's files."""
@@ -145,12 +154,13 @@ class SweepFolder:
         return Suite.from_dict(d)
 
     def update_manifest(self, suite: Suite, opts: Sequence[str], seeds: Sequence[int], command: Optional[str],
-                        rows: Optional[set] = None) -> List[int]:
-        """Write ``sweep.json`` for a call running ``seeds`` of ``rows`` (``None``: every row) with the
-        overrides ``opts``; returns every seed of the folder.
+                        rows: Optional[set] = None, folds: Sequence[Optional[int]] = (None,)) -> List[int]:
+        """Write ``sweep.json`` for a call running ``seeds`` of ``rows`` (``None``: every row) on ``folds``
+        (``None``: the suite's default fold) with the overrides ``opts``; returns every seed of the folder.
 
-        ``row_seeds`` in the manifest: the seeds asked for each row over every call, so that the report
-        expects seed 2 only of the rows that were given 3 seeds.
+        ``row_seeds`` in the manifest: the seeds asked for each row over every call on the default fold,
+        so that the report expects seed 2 only of the rows that were given 3 seeds; ``fold_seeds``: the
+        same per other fold (``{"<fold>": {row: seeds}}``, absent while no call asked for one).
 
         Raises:
             ValueError: the folder holds a sweep of another suite or other overrides, or a row whose
@@ -176,14 +186,24 @@ class SweepFolder:
                     )
         all_seeds = sorted(set(seeds) | set(old["seeds"] if old else ()))
         row_seeds = dict(old.get("row_seeds") or self._seeds_with_a_folder(old)) if old else {}
+        fold_seeds = {f: dict(v) for f, v in (old.get("fold_seeds") or {}).items()} if old else {}
+        for fold in folds:
+            per_row = row_seeds if fold is None else fold_seeds.setdefault(str(fold), {})
+            for row in suite.rows:
+                asked = set(seeds) if rows is None or row.key in rows else set()
+                per_row[row.key] = sorted(set(per_row.get(row.key, ())) | asked)
+        for per_row in fold_seeds.values():  # rows added to the suite since
+            for row in suite.rows:
+                per_row.setdefault(row.key, [])
         for row in suite.rows:
-            asked = set(seeds) if rows is None or row.key in rows else set()
-            row_seeds[row.key] = sorted(set(row_seeds.get(row.key, ())) | asked)
+            row_seeds.setdefault(row.key, [])
         commands = list(old.get("commands", [])) if old else []
         if command and command not in commands:
             commands.append(command)
-        write_json_atomic(self.file(self.MANIFEST), dict(suite=suite.to_dict(), seeds=all_seeds, opts=list(opts),
-                                                         commands=commands, row_seeds=row_seeds))
+        manifest = dict(suite=suite.to_dict(), seeds=all_seeds, opts=list(opts), commands=commands, row_seeds=row_seeds)
+        if fold_seeds:
+            manifest["fold_seeds"] = {f: fold_seeds[f] for f in sorted(fold_seeds, key=int)}
+        write_json_atomic(self.file(self.MANIFEST), manifest)
         return all_seeds
 
     def _seeds_with_a_folder(self, manifest: dict) -> Dict[str, List[int]]:
@@ -193,7 +213,8 @@ class SweepFolder:
 
     # -- what the report reads ---------------------------------------------------------------------
     def runs(self, suite: Suite, manifest: dict) -> List[dict]:
-        """Every run the manifest asks for, in suite row order then seed order: ``{row, seed, status
+        """Every run the manifest asks for, in suite row order, then the default fold's seeds, then those
+        of each other fold: ``{row, seed, fold (only on a fold other than the default one), status
         ("done" | "failed" | "not finished"), seconds, s_per_it, train_loss, error, metrics: {metric
         name: value}}``, from its run record. Where the run folder is absent (a committed result folder),
         the run as ``results.json`` last recorded it; a record written before records stored the speed
@@ -201,24 +222,28 @@ class SweepFolder:
         committed = self._committed_runs()
         out = []
         for row in suite.rows:
-            for seed in manifest.get("row_seeds", {}).get(row.key, manifest["seeds"]):
-                run_dir = self.run_dir(row.key, seed)
-                if not os.path.isdir(run_dir) and (row.key, seed) in committed:
-                    out.append(committed[(row.key, seed)])
+            planned = [(None, seed) for seed in manifest.get("row_seeds", {}).get(row.key, manifest["seeds"])]
+            planned += [(int(fold), seed) for fold, per_row in (manifest.get("fold_seeds") or {}).items()
+                        for seed in per_row.get(row.key, ())]
+            for fold, seed in planned:
+                run_dir = self.run_dir(row.key, seed, fold)
+                if not os.path.isdir(run_dir) and (row.key, fold, seed) in committed:
+                    out.append(committed[(row.key, fold, seed)])
                     continue
                 rec = self.read_record(run_dir) or {}
                 if "s_per_it" not in rec or "train_loss" not in rec:  # no record yet, or an older one
                     rec = {**rec, **run_summary(run_dir, [m.key for m in suite.metrics])}
                 vals = rec.get("metrics") or {}
                 out.append(dict(
-                    row=row.key, seed=seed, status=rec.get("status", "not finished"), seconds=rec.get("seconds"),
+                    row=row.key, seed=seed, **({} if fold is None else {"fold": fold}),
+                    status=rec.get("status", "not finished"), seconds=rec.get("seconds"),
                     s_per_it=rec["s_per_it"], train_loss=rec["train_loss"], error=rec.get("error"),
                     metrics={m.name: vals[m.key] for m in suite.metrics if m.key in vals},
                 ))
         return out
 
     def _committed_runs(self) -> Dict[tuple, dict]:
-        """The runs of ``results.json``, keyed by (row, seed). A metric stored as ``null`` was NaN (strict
+        """The runs of ``results.json``, keyed by (row, fold (``None``: the default one), seed). A metric stored as ``null`` was NaN (strict
         JSON has none; e.g. AP_l without large objects): a metric never logged is absent instead."""
         try:
             with open(self.file("results.json")) as f:
@@ -226,7 +251,7 @@ class SweepFolder:
         except (OSError, ValueError):
             return {}
         nan = float("nan")
-        return {(r["row"], r["seed"]): {**r, "metrics": {k: nan if v is None else v for k, v in r["metrics"].items()}}
+        return {(r["row"], r.get("fold"), r["seed"]): {**r, "metrics": {k: nan if v is None else v for k, v in r["metrics"].items()}}
                 for r in runs}
 
     def discussion(self) -> str:
@@ -236,6 +261,41 @@ class SweepFolder:
                 return f.read()
         except OSError:
             return ""
+
+    # -- committing results ------------------------------------------------------------------------
+    RECORD_FILES = ("run.json", "metrics.json", "config.yaml")
+
+    def publish(self, dest: str) -> List[str]:
+        """Copy what a committed result folder keeps into ``dest`` (made if missing; files overwritten
+        atomically, so publishing again after more runs finished updates it): the manifest, costs and
+        discussion, and of every run that ended (its run record says ``done`` or ``failed``) its record,
+        ``metrics.json``, ``config.yaml`` and ``inference/**/*.json`` (the evaluator's detections), the
+        proposals RPNs' records included; never checkpoints, logs or dumped proposals. A sweep given
+        ``--output dest`` later resumes from these records without re-running the published runs.
+        Returns the paths written, relative to ``dest``.
+
+        Raises:
+            FileNotFoundError: this folder has no ``sweep.json``.
+        """
+        from ..fileio import write_bytes_atomic
+
+        self.manifest()  # raises for a folder that is not a sweep
+        wanted = [n for n in (self.MANIFEST, self.COSTS, self.DISCUSSION) if os.path.isfile(self.file(n))]
+        for root, dirs, files in os.walk(self.path):
+            dirs.sort()
+            rec = self.read_record(root) if self.RUN_FILE in files else None
+            if not rec or rec.get("status") not in ("done", "failed"):
+                continue
+            rel = os.path.relpath(root, self.path)
+            wanted += [os.path.join(rel, n) for n in self.RECORD_FILES if n in files]
+            for sub, _, names in os.walk(os.path.join(root, "inference")):
+                wanted += [os.path.relpath(os.path.join(sub, n), self.path) for n in sorted(names) if n.endswith(".json")]
+        for rel in wanted:
+            with open(self.file(rel), "rb") as f:
+                data = f.read()
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+            write_bytes_atomic(os.path.join(dest, rel), data)
+        return wanted
 
     # -- the writers' lock -------------------------------------------------------------------------
     def lock(self) -> "_Lock":

@@ -3,6 +3,7 @@
 Usage (also run at the end of every sweep; the ``fpn-variants-report`` command)::
 
     python -m fpn_variants.report output/sweeps/table1-neon
+    python -m fpn_variants.report output/sweeps/table1-neon --publish docs/results/table1-neon   # commit-ready copy
 
 Reads the sweep folder through :class:`~fpn_variants.experiments.folder.SweepFolder`: the manifest
 (suite, seeds, overrides) and each row x seed's run record (status, error, seconds, final metrics,
@@ -132,9 +133,14 @@ def summarize(collected: dict) -> List[dict]:
             row=row.key, label=row.label, n_done=len(done), n_failed=sum(r["status"] == "failed" for r in runs),
             mean=mean, std=std, paper=dict(row.paper), seconds=sum(secs) / len(secs) if secs else None,
             s_per_it=sum(speeds) / len(speeds) if speeds else None, train_loss=loss, train_loss_std=loss_sd,
-            per_seed={r["seed"]: r["metrics"].get(suite.headline) for r in done},
+            per_seed={_run_label(r): r["metrics"].get(suite.headline) for r in done},
         ))
     return out
+
+
+def _run_label(run: dict):
+    """A run's key among its row's runs: its seed, or ``"f<fold>s<seed>"`` on a non-default data fold."""
+    return run["seed"] if run.get("fold") is None else f"f{run['fold']}s{run['seed']}"
 
 
 def ranking_agreement(rows: List[dict], metric: str) -> dict:
@@ -205,11 +211,14 @@ def _csv(collected: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     names = [m.name for m in suite.metrics]
-    w.writerow(["suite", "row", "label", "seed", "status", "seconds", "train_s_per_it", "train_loss", *names, "error"])
+    folds = any(r.get("fold") is not None for r in collected["runs"])  # the column only where a sweep has folds
+    w.writerow(["suite", "row", "label", *(["fold"] if folds else []), "seed", "status", "seconds", "train_s_per_it",
+                "train_loss", *names, "error"])
     labels = {r.key: r.label for r in suite.rows}
     for r in collected["runs"]:
         vals = [("" if r["metrics"].get(n) is None else repr(r["metrics"][n])) for n in names]
-        w.writerow([suite.name, r["row"], labels[r["row"]], r["seed"], r["status"], r.get("seconds") or "",
+        fold = [suite.default_fold if r.get("fold") is None else r["fold"]] if folds else []
+        w.writerow([suite.name, r["row"], labels[r["row"]], *fold, r["seed"], r["status"], r.get("seconds") or "",
                     "" if r.get("s_per_it") is None else round(r["s_per_it"], 4),
                     "" if r.get("train_loss") is None else round(r["train_loss"], 5), *vals,
                     r.get("error") or ""])
@@ -277,6 +286,10 @@ def _header(collected: dict) -> List[str]:
     if suite.opts:
         L += ["Every run of the suite (the proposals RPN's too) has the overrides "
               f"`{' '.join(suite.opts)}`, before its row's own.", ""]
+    folds = sorted({r["fold"] for r in collected.get("runs", ()) if r.get("fold") is not None})
+    if folds:
+        L += [f"Data folds: the default fold ({suite.default_fold}) and folds {folds} (`--folds`); a row's mean ± std is "
+              "over all its runs, folds and seeds together.", ""]
     L += [f"Seeds: {collected['seeds']}; overrides: {collected['opts'] or 'none'}. Each cell: our mean ± sample "
           "std over the seeds that finished (in %), then the paper's number in parentheses.", ""]
     return L
@@ -390,7 +403,7 @@ def _failures(runs: List[dict]) -> List[str]:
     L = ["## Runs not done", "", "| row | seed | status | error |", "|---|---|---|---|"]
     for r in bad:
         err = (r.get("error") or "").replace("|", "\\|")
-        L.append(f"| {r['row']} | {r['seed']} | {r['status']} | {err} |")
+        L.append(f"| {r['row']} | {_run_label(r)} | {r['status']} | {err} |")
     return L + [""]
 
 
@@ -446,7 +459,18 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fpn_variants.report", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep_dir", nargs="+", help="sweep folder(s) holding sweep.json")
     p.add_argument("--no-costs", action="store_true", help="leave out the params / GFLOPs columns")
+    p.add_argument("--publish", metavar="DEST", help="first copy the folder's run records (no checkpoints) into DEST, "
+                   "e.g. docs/results/<suite>, and write the report there (one sweep_dir only)")
     a = p.parse_args(argv)
+    if a.publish:
+        if len(a.sweep_dir) != 1:
+            p.error("--publish takes one sweep_dir")
+        try:
+            n = len(SweepFolder(a.sweep_dir[0]).publish(a.publish))
+        except FileNotFoundError as e:
+            p.error(str(e))
+        print(f"published {n} files into {a.publish}")
+        a.sweep_dir = [a.publish]
     for d in a.sweep_dir:
         try:
             paths = write_report(d, with_costs=not a.no_costs)

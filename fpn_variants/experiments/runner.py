@@ -30,7 +30,8 @@ class RunSpec:
     """One training run of a sweep.
 
     ``config_file`` + :attr:`opts` for ``fpn_variants.train_net``, where ``opts`` is ``row_opts`` (the
-    suite's overrides, then the row's own: :meth:`Suite.run_opts`), then the sweep's, then (Fast R-CNN rows) ``DATASETS.PROPOSAL_FILES_TRAIN / _TEST`` from
+    suite's overrides, then the row's own: :meth:`Suite.run_opts`), then ``fold_opts`` (the data fold
+    ``fold``'s datasets; none on the suite's default fold, ``fold`` ``None``), then the sweep's, then (Fast R-CNN rows) ``DATASETS.PROPOSAL_FILES_TRAIN / _TEST`` from
     ``proposal_files``, then ``OUTPUT_DIR run_dir SEED seed``. ``threads``: ``OMP_NUM_THREADS`` of the
     run (``None``: the library default); ``num_gpus``: processes of the run (``--num-gpus``).
     """
@@ -47,6 +48,13 @@ class RunSpec:
     threads: Optional[int] = None
     keep_checkpoints: bool = False
     proposal_files: Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]] = None  # (train files, test files)
+    fold: Optional[int] = None
+    fold_opts: Tuple[str, ...] = ()
+
+    @property
+    def config_opts(self) -> Tuple[str, ...]:
+        """The overrides that define the run's model and data: row, fold, sweep (no output, seed, proposals)."""
+        return (*self.row_opts, *self.fold_opts, *self.sweep_opts)
 
     @property
     def opts(self) -> Tuple[str, ...]:
@@ -54,7 +62,7 @@ class RunSpec:
         if self.proposal_files is not None:
             train, test = self.proposal_files
             proposals = ("DATASETS.PROPOSAL_FILES_TRAIN", repr(train), "DATASETS.PROPOSAL_FILES_TEST", repr(test))
-        return (*self.row_opts, *self.sweep_opts, *proposals, "OUTPUT_DIR", self.run_dir, "SEED", str(self.seed))
+        return (*self.config_opts, *proposals, "OUTPUT_DIR", self.run_dir, "SEED", str(self.seed))
 
     @property
     def command(self) -> List[str]:
@@ -72,7 +80,7 @@ class RunSpec:
         """
         from dataclasses import replace
 
-        cfg = load_run_config(self.config_file, (*self.row_opts, *self.sweep_opts))
+        cfg = load_run_config(self.config_file, self.config_opts)
         missing = [d for d in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if d not in files]
         if missing:
             raise ValueError(f"{self.config_file}: datasets {missing} have no dumped proposals (have {sorted(files)}); "
@@ -114,7 +122,8 @@ def _run_logged(cmd: List[str], run_dir: str, env: Optional[dict] = None) -> Tup
 
 
 def _record_head(spec: RunSpec) -> dict:
-    return dict(suite=spec.suite, row=spec.row, seed=spec.seed, command=shlex.join(spec.command))
+    fold = {} if spec.fold is None else {"fold": spec.fold}
+    return dict(suite=spec.suite, row=spec.row, seed=spec.seed, **fold, command=shlex.join(spec.command))
 
 
 def _failure(rc: Optional[int], tail: List[str], why: Optional[str] = None) -> dict:

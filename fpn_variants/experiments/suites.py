@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple
 
-__all__ = ["Metric", "Row", "Suite", "SUITES", "get_suite", "register_suite", "config_root", "PRETRAINED_BOTTOM_UP"]
+__all__ = ["Metric", "Row", "Suite", "SUITES", "get_suite", "register_suite", "config_root", "PRETRAINED_BOTTOM_UP", "NEON_FOLDS"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class Suite:
     data of those paper numbers (``"COCO"``), labelled so in the report's plot.
     ``opts``: ``KEY VALUE`` overrides of every run of the suite, the proposals RPN's included, before
     each row's own (:meth:`run_opts`): a regime shared by all rows, e.g. a pretrained bottom-up pathway.
+    ``folds``, ``fold_opts``, ``default_fold``: the data's cross-validation folds as a sweep axis
+    (``--folds``): ``folds`` of them (0: none), fold ``j`` given by ``fold_opts`` with ``{fold}``
+    replaced by ``j`` (e.g. ``DATASETS.TRAIN ('neon_trees_train_f{fold}',)``), and ``default_fold`` the
+    fold the rows' configs already use, whose runs need no override (:meth:`fold_overrides`).
     """
 
     name: str
@@ -69,10 +73,18 @@ class Suite:
     citation: str = ""
     dataset: str = ""
     opts: Tuple[str, ...] = ()
+    folds: int = 0
+    fold_opts: Tuple[str, ...] = ()
+    default_fold: Optional[int] = None
 
     def __post_init__(self):
         if len(self.opts) % 2:
             raise ValueError(f"suite {self.name!r}: opts must be KEY VALUE pairs; got an odd number: {list(self.opts)}")
+        if self.folds and (len(self.fold_opts) % 2 or not any("{fold}" in o for o in self.fold_opts)
+                           or self.default_fold not in range(self.folds)):
+            raise ValueError(f"suite {self.name!r}: {self.folds} folds need fold_opts as KEY VALUE pairs with a "
+                             f"'{{fold}}' (got {list(self.fold_opts)}) and a default_fold in 0..{self.folds - 1} "
+                             f"(got {self.default_fold!r})")
         names = [m.name for m in self.metrics]
         if self.headline not in names:
             raise ValueError(f"suite {self.name!r}: headline {self.headline!r} is not one of its metrics {names}")
@@ -91,6 +103,28 @@ class Suite:
         """The overrides of ``row``'s runs: the suite's :attr:`opts`, then the row's own."""
         return (*self.opts, *row.opts)
 
+    def fold_overrides(self, fold: Optional[int]) -> Tuple[str, ...]:
+        """The overrides that make a run use ``fold``: none for ``None`` or the default fold.
+
+        Raises:
+            ValueError: the suite has no folds, or ``fold`` is not one of them (the valid ones named).
+        """
+        if fold is None:
+            return ()
+        if not self.folds:
+            raise ValueError(f"suite {self.name!r} has no data folds; --folds needs a suite with folds "
+                             "(e.g. the NEON suites)")
+        if not isinstance(fold, int) or fold not in range(self.folds):
+            raise ValueError(f"fold {fold!r} is not valid for suite {self.name!r}; valid: 0..{self.folds - 1}")
+        if fold == self.default_fold:
+            return ()
+        return tuple(o.replace("{fold}", str(fold)) for o in self.fold_opts)
+
+    def run_fold(self, fold: Optional[int]) -> Optional[int]:
+        """``fold`` as the sweep stores it: ``None`` for the default fold (checked: :meth:`fold_overrides`)."""
+        self.fold_overrides(fold)
+        return None if fold is None or fold == self.default_fold else fold
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -102,7 +136,7 @@ class Suite:
             ValueError: a missing or unknown field (named), or an inconsistent suite.
         """
         allowed = {"name", "title", "metrics", "headline", "rows", "source", "notes", "proposals", "baseline", "citation",
-                   "dataset", "opts"}
+                   "dataset", "opts", "folds", "fold_opts", "default_fold"}
         unknown = sorted(set(d) - allowed)
         missing = sorted({"name", "title", "metrics", "headline", "rows"} - set(d))
         if unknown or missing:
@@ -118,8 +152,10 @@ class Suite:
             raise ValueError(f"suite {d.get('name')!r}: bad metric or row entry ({e}); a metric is "
                              "{'key', 'name'}, a row {'key', 'label', 'config', 'opts'?, 'paper'?}") from e
         rest = {k: d[k] for k in ("source", "notes", "proposals", "baseline", "citation", "dataset") if k in d}
-        if "opts" in d:
-            rest["opts"] = tuple(str(o) for o in d["opts"])
+        for k in ("opts", "fold_opts"):
+            if k in d:
+                rest[k] = tuple(str(o) for o in d[k])
+        rest.update({k: d[k] for k in ("folds", "default_fold") if k in d})
         return cls(d["name"], d["title"], metrics, d["headline"], rows, **rest)
 
 
@@ -184,6 +220,11 @@ _NEON_NOTE = (
 
 FPN_PAPER = "Lin et al., FPN, CVPR 2017"
 
+# The NEON region folds (fpn_variants.data.neon: fold j puts the tiles with k % 4 == j in val; the plain
+# neon_trees_train / _val are fold 3), as a sweep axis of every NEON suite.
+NEON_FOLDS = dict(folds=4, default_fold=3, fold_opts=(
+    "DATASETS.TRAIN", "('neon_trees_train_f{fold}',)", "DATASETS.TEST", "('neon_trees_val_f{fold}',)"))
+
 
 def _suite(name, title, source, metrics, headline, table, folder, notes="", proposals=None):
     rows = tuple(
@@ -191,7 +232,7 @@ def _suite(name, title, source, metrics, headline, table, folder, notes="", prop
         for key, label, stem, vals in table
     )
     return Suite(name, title, metrics, headline, rows, source=source, notes=notes, proposals=proposals,
-                 citation=FPN_PAPER, dataset="COCO")
+                 citation=FPN_PAPER, dataset="COCO", **(NEON_FOLDS if folder == "NEON" else {}))
 
 
 SUITES: Dict[str, Suite] = {}
@@ -300,7 +341,7 @@ def _beyond_suite(name, folder, note):
                  for k, label, stem, opts, claim in (_PER_DATASET[folder].get(r, r) for r in _BEYOND))
     return Suite(name, "Beyond the paper: each design claim against the FPN baseline (RPN, Table 1 protocol)",
                  AR, "AR1k", rows, source="§3, §4.1; Liu et al. 2018; Tan et al. 2020", notes=note, baseline="fpn",
-                 citation=FPN_PAPER)
+                 citation=FPN_PAPER, **(NEON_FOLDS if folder == "NEON" else {}))
 
 
 register_suite(_beyond_suite("beyond", "COCO", "COCO 2017, the paper's R-50 RPN schedule (GPUs)."))
@@ -340,7 +381,7 @@ register_suite(Suite(
            "tf_efficientnet_lite2 with packaged ImageNet weights, FrozenBN, GN in the pyramid, d = 128, 360 "
            "iterations x 8 tiles); each row changes MODEL.BACKBONE.NAME only. The literature's numbers are "
            "COCO with other backbones and detectors; compare each row with the FPN row, not with them."),
-    baseline="fpn",
+    baseline="fpn", **NEON_FOLDS,
 ))
 
 

@@ -6,9 +6,11 @@ Usage (also the ``fpn-variants-sweep`` command)::
     python -m fpn_variants.sweep table1-neon --seeds 3 --jobs 2           # two runs at once, 1 thread each
     python -m fpn_variants.sweep table3 --executor slurm --partition gpu --gpus-per-run 8 --timeout-min 1440
     python -m fpn_variants.sweep my_suite.json --output out/mine SOLVER.MAX_ITER 1000   # own suite, overrides
+    python -m fpn_variants.sweep table1-neon --seeds 1 --folds 0 1 2 --rows c_fpn d_bottom_up   # other data folds
 
 Layout: a :class:`~fpn_variants.experiments.folder.SweepFolder` (``OUTPUT/sweep.json``, one folder
-per run ``OUTPUT/<row key>/seed<k>/`` with its run record ``run.json``), which the report
+per run ``OUTPUT/<row key>/seed<k>/`` or, on another data fold, ``OUTPUT/<row key>/fold<j>/seed<k>/``
+with its run record ``run.json``), which the report
 (:mod:`fpn_variants.experiments.report`) then reads; one run is
 :func:`fpn_variants.experiments.runner.execute_run`.
 
@@ -50,36 +52,55 @@ EXECUTORS = ("local", "submitit-local", "slurm")
 
 
 def plan_runs(suite: Suite, seeds: Sequence[int], output: str, opts: Sequence[str] = (),
-              threads: Optional[int] = None, num_gpus: int = 1, keep_checkpoints: bool = False) -> List[RunSpec]:
-    """One :class:`~fpn_variants.experiments.runner.RunSpec` per (seed, row): every row of seed 0
-    first, then seed 1, ... (a partial sweep already holds one seed of every row).
+              threads: Optional[int] = None, num_gpus: int = 1, keep_checkpoints: bool = False,
+              folds: Optional[Sequence[int]] = None) -> List[RunSpec]:
+    """One :class:`~fpn_variants.experiments.runner.RunSpec` per (fold, seed, row): every row of seed 0
+    first, then seed 1, ... (a partial sweep already holds one seed of every row), fold by fold.
+
+    ``folds``: the data folds to run (``None``: the suite's configs as they are, i.e. its default
+    fold, whose runs are the same whether asked for by number or not).
 
     Raises:
         FileNotFoundError: a row's config file does not exist.
-        ValueError: ``opts`` is not a list of KEY VALUE pairs.
+        ValueError: ``opts`` is not a list of KEY VALUE pairs; a fold the suite does not have.
     """
     if len(opts) % 2:
         raise ValueError(f"overrides must be KEY VALUE pairs; got an odd number: {list(opts)}")
     folder = SweepFolder(output)
     keys = tuple(m.key for m in suite.metrics)
     cfgs = {row.key: resolve_config(row.config) for row in suite.rows}
-    return [RunSpec(suite.name, row.key, int(seed), folder.run_dir(row.key, seed), cfgs[row.key], suite.run_opts(row),
-                    tuple(opts), keys, num_gpus, threads, keep_checkpoints)
-            for seed in seeds for row in suite.rows]
+    return [RunSpec(suite.name, row.key, int(seed), folder.run_dir(row.key, seed, fold), cfgs[row.key],
+                    suite.run_opts(row), tuple(opts), keys, num_gpus, threads, keep_checkpoints, fold=fold,
+                    fold_opts=suite.fold_overrides(fold))
+            for fold in _run_folds(suite, folds) for seed in seeds for row in suite.rows]
+
+
+def _run_folds(suite: Suite, folds: Optional[Sequence[int]]) -> List[Optional[int]]:
+    """The folds as runs store them (the default one as ``None``), each once, in the order given."""
+    out = []
+    for f in ([None] if folds is None else folds):
+        f = suite.run_fold(f)
+        if f not in out:
+            out.append(f)
+    return out
 
 
 def proposals_spec(suite: Suite, output: str, opts: Sequence[str] = (), threads: Optional[int] = None,
-                   num_gpus: int = 1, keep_checkpoints: bool = False) -> RunSpec:
-    """The run of a Fast R-CNN suite's proposals RPN (``suite.proposals`` with the suite's and the
-    sweep's overrides) in ``OUTPUT/proposals``.
+                   num_gpus: int = 1, keep_checkpoints: bool = False, fold: Optional[int] = None) -> RunSpec:
+    """The run of a Fast R-CNN suite's proposals RPN on ``fold`` (``suite.proposals`` with the suite's,
+    the fold's and the sweep's overrides, seed 0) in ``OUTPUT/proposals`` (default fold) or
+    ``OUTPUT/proposals_fold<j>``: every row of that fold reads its proposals.
 
     Raises:
-        ValueError: the suite has no proposals stage. FileNotFoundError: its config does not exist.
+        ValueError: the suite has no proposals stage, or no such fold. FileNotFoundError: its config
+            does not exist.
     """
     if not suite.proposals:
         raise ValueError(f"suite {suite.name!r} has no proposals stage (only a Fast R-CNN suite has one)")
-    return RunSpec(suite.name, "proposals", 0, SweepFolder(output).proposals_dir, resolve_config(suite.proposals),
-                   suite.opts, tuple(opts), PROPOSAL_METRICS, num_gpus, threads, keep_checkpoints)
+    fold = suite.run_fold(fold)
+    return RunSpec(suite.name, "proposals", 0, SweepFolder(output).fold_proposals_dir(fold),
+                   resolve_config(suite.proposals), suite.opts, tuple(opts), PROPOSAL_METRICS, num_gpus, threads,
+                   keep_checkpoints, fold=fold, fold_opts=suite.fold_overrides(fold))
 
 
 def _make_executor(kind: str, output: str, jobs: int, slurm: dict):
@@ -127,7 +148,8 @@ def _select_rows(suite: Suite, rows: Optional[Sequence[str]]) -> set:
 def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", output: Optional[str] = None,
               opts: Sequence[str] = (), jobs: int = 1, threads: Optional[int] = None, num_gpus: int = 1,
               slurm: Optional[dict] = None, report: bool = True, keep_checkpoints: bool = False,
-              poll_s: float = 5.0, command: Optional[str] = None, rows: Optional[Sequence[str]] = None) -> List[dict]:
+              poll_s: float = 5.0, command: Optional[str] = None, rows: Optional[Sequence[str]] = None,
+              folds: Optional[Sequence[int]] = None) -> List[dict]:
     """Run (or resume) every row x seed of ``suite`` and write the report.
 
     Args:
@@ -145,18 +167,22 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
         rows: run only these row keys (e.g. more seeds for the rows whose difference is within the
             seed spread); ``None``: every row. The folder's manifest still holds the whole suite, and
             the report every run in the folder.
+        folds: run these data folds of the suite (e.g. ``[0, 1, 2, 3]``; the runs of its default fold
+            are those made without ``folds``); ``None``: the configs' own data. A Fast R-CNN suite
+            trains one proposals RPN per fold.
 
     Returns:
         every run's record (``run.json``), in plan order.
 
     Raises:
         KeyError: unknown suite name or a row key the suite does not have (its keys listed).
-        ValueError: unknown executor, bad seeds / jobs / overrides, or an output folder holding a sweep
-        with other overrides. RuntimeError: another sweep holds the folder.
+        ValueError: unknown executor, bad seeds / jobs / overrides / folds, or an output folder holding a
+        sweep with other overrides. RuntimeError: another sweep holds the folder.
     """
     if isinstance(suite, str):
         suite = load_suite(suite)
     selected = _select_rows(suite, rows)
+    run_folds = _run_folds(suite, folds)
     if executor not in EXECUTORS:
         raise ValueError(f"executor {executor!r} is not valid; valid: {', '.join(EXECUTORS)}")
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -176,15 +202,17 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
 
     folder = SweepFolder(output)
     with folder.lock():
-        folder.update_manifest(suite, opts, seeds, command, selected)
-        specs = [sp for sp in plan_runs(suite, seeds, output, opts, threads, num_gpus, keep_checkpoints)
+        folder.update_manifest(suite, opts, seeds, command, selected, run_folds)
+        specs = [sp for sp in plan_runs(suite, seeds, output, opts, threads, num_gpus, keep_checkpoints, folds)
                  if sp.row in selected]
         ex = _make_executor(executor, output, jobs, slurm)
         try:
             not_run = []
             if suite.proposals:
-                specs, not_run = _proposals_stage(ex, folder, suite, specs, opts, threads, num_gpus, keep_checkpoints,
-                                                  poll_s)
+                staged = [_proposals_stage(ex, folder, suite, [sp for sp in specs if sp.fold == f], opts, threads,
+                                           num_gpus, keep_checkpoints, poll_s, f) for f in run_folds]
+                specs = [sp for ready, _ in staged for sp in ready]
+                not_run = [r for _, failed in staged for r in failed]
             out = not_run + _drive(ex, specs, execute_run, _run_done, len(specs) if executor == "slurm" else jobs, suite.name,
                          poll_s)
         finally:
@@ -203,12 +231,13 @@ def _run_done(record: Optional[dict]) -> bool:
 
 
 def _proposals_stage(ex, folder: SweepFolder, suite: Suite, specs: List[RunSpec], opts, threads, num_gpus,
-                     keep_checkpoints, poll_s):
-    """Train the proposals RPN and dump its proposals (once per folder); returns ``(specs reading
-    them, [])``. If the stage fails: ``([], the records of specs)``, every run not yet done recorded
-    as failed, naming why (the sweep goes on to its report)."""
-    prop = proposals_spec(suite, folder.path, opts, threads, num_gpus, keep_checkpoints)
-    (rec,) = _drive(ex, [prop], execute_proposals, proposals_done, 1, f"{suite.name} proposals", poll_s)
+                     keep_checkpoints, poll_s, fold=None):
+    """Train the proposals RPN of ``fold`` and dump its proposals (once per folder and fold); returns
+    ``(specs reading them, [])``. If the stage fails: ``([], the records of specs)``, every run not yet
+    done recorded as failed, naming why (the sweep goes on to its report)."""
+    prop = proposals_spec(suite, folder.path, opts, threads, num_gpus, keep_checkpoints, fold)
+    desc = f"{suite.name} proposals" + ("" if fold is None else f" fold {fold}")
+    (rec,) = _drive(ex, [prop], execute_proposals, proposals_done, 1, desc, poll_s)
     if proposals_done(rec):
         return [sp.with_proposals(rec["proposal_files"]) for sp in specs], []
     why = RuntimeError(f"not run: the proposals stage ({prop.run_dir}) failed: {rec.get('error')}")
@@ -251,12 +280,13 @@ def _drive(ex, specs: List[RunSpec], fn: Callable[[RunSpec], dict], done: Callab
                     rec = failed_record(spec, e)
                 records[key] = rec
                 bar.update(1)
+                name = f"{spec.row}" + ("" if spec.fold is None else f" fold {spec.fold}") + f" seed {spec.seed}"
                 if rec["status"] != "done":
-                    tqdm.write(f"[sweep] {spec.row} seed {spec.seed} failed: {rec.get('error')}")
+                    tqdm.write(f"[sweep] {name} failed: {rec.get('error')}")
                 else:
                     vals = ", ".join(f"{k.split('/')[-1]} {v:.1f}" for k, v in rec["metrics"].items())
-                    tqdm.write(f"[sweep] {spec.row} seed {spec.seed} done in {rec.get('seconds', 0):.0f} s: {vals}")
-            bar.set_postfix({f"{s.row}/s{s.seed}": f"{last_iteration(s.run_dir) or 0}/{max_iter}"
+                    tqdm.write(f"[sweep] {name} done in {rec.get('seconds', 0):.0f} s: {vals}")
+            bar.set_postfix({f"{s.row}/{'' if s.fold is None else f'f{s.fold}'}s{s.seed}": f"{last_iteration(s.run_dir) or 0}/{max_iter}"
                              for s, _ in running.values()}, refresh=tty)
             if running:
                 time.sleep(poll_s)
@@ -289,6 +319,9 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row (default 3)")
     p.add_argument("--rows", nargs="+", metavar="KEY", help="run only these rows (e.g. more seeds where rows differ "
                    "by less than their seed spread); the report still shows every run in the folder")
+    p.add_argument("--folds", type=int, nargs="+", metavar="J", help="run these data folds of the suite (NEON: 0..3, "
+                   "fold 3 = the default split; every tile is in val once over the four): a stronger lever than "
+                   "seeds on a small validation set")
     p.add_argument("--executor", default="local", choices=EXECUTORS)
     p.add_argument("--output", help="sweep folder (default output/sweeps/SUITE)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once for local executors (default 1)")
@@ -318,11 +351,11 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         if a.dry_run:
             output = a.output or os.path.join("output", "sweeps", suite.name)
             selected = _select_rows(suite, a.rows)
-            if suite.proposals:
-                prop = proposals_spec(suite, output, a.opts, a.threads, a.num_gpus)
+            for f in (_run_folds(suite, a.folds) if suite.proposals else ()):
+                prop = proposals_spec(suite, output, a.opts, a.threads, a.num_gpus, fold=f)
                 st = (SweepFolder.read_record(prop.run_dir) or {}).get("status", "todo")
                 print(f"{st:7s} (proposals) {shlex.join(prop.command)}")
-            for s in plan_runs(suite, range(a.seeds), output, a.opts, a.threads, a.num_gpus):
+            for s in plan_runs(suite, range(a.seeds), output, a.opts, a.threads, a.num_gpus, folds=a.folds):
                 if s.row not in selected:
                     continue
                 st = (SweepFolder.read_record(s.run_dir) or {}).get("status", "todo")
@@ -331,7 +364,8 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         slurm = dict(partition=a.partition, timeout_min=a.timeout_min, cpus_per_run=a.cpus_per_run, mem_gb=a.mem_gb)
         records = run_sweep(suite, a.seeds, a.executor, a.output, a.opts, a.jobs, a.threads, a.num_gpus, slurm,
                             report=not a.no_report, keep_checkpoints=a.keep_checkpoints,
-                            command=_reproduce_command(argv if argv is not None else sys.argv[1:]), rows=a.rows)
+                            command=_reproduce_command(argv if argv is not None else sys.argv[1:]), rows=a.rows,
+                            folds=a.folds)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
         p.error(str(e.args[0]) if isinstance(e, KeyError) else str(e))
     failed = [r for r in records if not r or r.get("status") != "done"]
