@@ -138,7 +138,7 @@ def build(results: str) -> dict:
                 pair = dict(higher=hi.key, lower=lo.key, paper_diff=hi.paper[h] - lo.paper[h], regimes={})
                 for key, _, _ in REGIMES:
                     data = loaded[table, key]
-                    d = (paired_difference(data["runs"][hi.key], data["runs"][lo.key], h) if data
+                    d = (paired_difference(data["runs"].get(hi.key, []), data["runs"].get(lo.key, []), h) if data
                          else dict(diff=None, std=None, n=0))
                     pair["regimes"][key] = dict(d, verdict=pair_verdict(d))
                 t["pairs"].append(pair)
@@ -151,7 +151,7 @@ def build(results: str) -> dict:
                      regimes={})
             for key, _, _ in REGIMES:
                 data = loaded[table, key]
-                g["regimes"][key] = (paired_difference(data["runs"][a], data["runs"][b], m) if data
+                g["regimes"][key] = (paired_difference(data["runs"].get(a, []), data["runs"].get(b, []), m) if data
                                      else dict(diff=None, std=None, n=0))
             s, p = g["regimes"]["scratch"], g["regimes"]["pretrained"]
             if s["diff"] is None or p["diff"] is None:
