@@ -477,6 +477,8 @@ def test_a_suite_of_ones_own_is_not_attributed_to_the_fpn_paper(tmp_path):
     assert "Source: issue 17 (mixed precision)." in head and "Lin et al." not in head
     t1 = "\n".join(_header(dict(suite=get_suite("table1-neon"), commands=[], seeds=[0], opts=[])))
     assert "Paper: Lin et al., FPN, CVPR 2017, Table 1." in t1
+    # the cell legend names the paper's number only where the suite has one
+    assert "the paper's number in parentheses" in t1 and "the paper's number" not in head
     assert get_suite("table1").dataset == "COCO" and amp.dataset == ""
 
 

@@ -290,8 +290,9 @@ def _header(collected: dict) -> List[str]:
     if folds:
         L += [f"Data folds: the default fold ({suite.default_fold}) and folds {folds} (`--folds`); a row's mean ± std is "
               "over all its runs, folds and seeds together.", ""]
+    paper = ", then the paper's number in parentheses" if any(row.paper for row in suite.rows) else ""
     L += [f"Seeds: {collected['seeds']}; overrides: {collected['opts'] or 'none'}. Each cell: our mean ± sample "
-          "std over the seeds that finished (in %), then the paper's number in parentheses.", ""]
+          f"std over the seeds that finished (in %){paper}.", ""]
     return L
 
 
