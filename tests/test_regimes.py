@@ -6,7 +6,7 @@ import os
 import pytest
 
 from fpn_variants.experiments.folder import SweepFolder
-from fpn_variants.experiments.regimes import build, paired_difference, pair_verdict, write_regimes
+from fpn_variants.experiments.regimes import MAX_SEEDS, build, next_runs, paired_difference, pair_verdict, write_regimes
 from fpn_variants.experiments.suites import get_suite
 
 
@@ -80,14 +80,22 @@ def test_regimes_report_puts_both_regimes_beside_the_paper(tmp_path):
     assert "| (c) FPN {P2..P6} | 44.0 / 48.0 ± 1.0 (3) / 59.3 ± 0.6 (3) | 56.3 / 49.0 ± 1.0 (3) / 60.3 ± 0.6 (3) |" in md
     assert "| table2 | (c) - (d) | AP | +9.0 | not run | not run | not run |" in md
     assert "+7.7 ± 0.8: wider" in md and "## Discussion\n\nWhat the runs show." in md
+    # the one unresolved pair (scratch (c) vs (f), 3 seeds) gets the command that adds seeds to its rows only
+    # each unresolved pair (scratch (c) vs (f); pretrained (a) vs (e): +0.3 within 0.6), 3 seeds each, gets the
+    # command that adds seeds to its rows only
+    assert [s["rows"] for s in t1["next_runs"]["pretrained"]] == [["a_C4", "e_top_down"]]
+    assert (f"- from scratch (R-18), seeds for (c), (f): `python -m fpn_variants.sweep table1-neon --seeds {MAX_SEEDS} "
+            f"--rows c_fpn f_p2_only --output {results}/table1-neon`") in md
     assert json.load(open(paths["regimes.json"]))["tables"]["table1"]["pairs"][0]["regimes"]["scratch"]["n"] == 3
     assert os.path.getsize(paths["regimes.png"]) > 20000
 
 
-def test_the_committed_regimes_report_is_what_the_committed_results_give(tmp_path):
+def test_the_committed_regimes_report_is_what_the_committed_results_give(tmp_path, monkeypatch):
     """docs/results/regimes is generated, never edited by hand: re-rendering it from docs/results gives
     the same report.md and regimes.json."""
     from conftest import REPO
+
+    monkeypatch.chdir(REPO)  # the commands it prints name docs/results/..., as the CLI's default
 
     src = os.path.join(REPO, "docs", "results", "regimes")
     out = str(tmp_path / "regimes")
@@ -95,6 +103,24 @@ def test_the_committed_regimes_report_is_what_the_committed_results_give(tmp_pat
     if os.path.isfile(os.path.join(src, "discussion.md")):
         with open(os.path.join(src, "discussion.md")) as f, open(os.path.join(out, "discussion.md"), "w") as g:
             g.write(f.read())
-    paths = write_regimes(os.path.join(REPO, "docs", "results"), out, "python -m fpn_variants.experiments.regimes")
+    paths = write_regimes(os.path.join("docs", "results"), out, "python -m fpn_variants.experiments.regimes")
     for name in ("report.md", "regimes.json"):
         assert open(paths[name]).read() == open(os.path.join(src, name)).read(), name
+
+
+def test_next_runs_add_seeds_up_to_the_maximum_then_the_other_folds():
+    """Issue 16's order: a pair within the spread gets seeds up to MAX_SEEDS, then the data's other folds;
+    a suite without folds has nothing more to run."""
+    pairs = [("c_fpn", "d_bottom_up", 3), ("c_fpn", "f_p2_only", MAX_SEEDS), ("d_bottom_up", "f_p2_only", 3)]
+    steps = next_runs("table1-neon", "out/t1", pairs, folds=range(4), default_fold=3)
+    assert steps == [
+        dict(step="seeds", rows=["c_fpn", "d_bottom_up", "f_p2_only"],
+             command=f"python -m fpn_variants.sweep table1-neon --seeds {MAX_SEEDS} --rows c_fpn d_bottom_up f_p2_only "
+                     "--output out/t1"),
+        dict(step="folds", rows=["c_fpn", "f_p2_only"],
+             command=f"python -m fpn_variants.sweep table1-neon --folds 0 1 2 --seeds {MAX_SEEDS} --rows c_fpn f_p2_only "
+                     "--output out/t1"),
+    ]
+    assert next_runs("table1", "out/coco", [("c_fpn", "d_bottom_up", MAX_SEEDS)]) == [
+        dict(step="folds", rows=["c_fpn", "d_bottom_up"], command=None)]
+    assert next_runs("table1-neon", "out/t1", []) == []

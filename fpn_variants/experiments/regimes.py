@@ -23,6 +23,12 @@ sample std of those differences (ddof = 1: the spread of one run's difference) a
 the paper orders a > b is **agrees** where mean > std, **disagrees** where mean < -std, **unresolved**
 where |mean| <= std (within the seeds' spread) or fewer than 2 paired runs; "not run" without runs.
 
+**What would resolve an unresolved pair** (issue 16: seeds up to :data:`MAX_SEEDS`, then the data's other
+region folds): per table and regime, the rows of every unresolved pair; while a pair has fewer than
+``MAX_SEEDS`` paired runs, the sweep command that adds seeds to those rows only (``--seeds MAX_SEEDS
+--rows ...``); once it has them, the command that adds the suite's other folds for those rows
+(``--folds ... --rows ...``). The report lists these as the next runs; nothing is run.
+
 **The gap test** (Lin et al. §5.1: "the semantic gap" between levels, closed by the top-down pathway
 and the lateral connections): the gain of FPN (c) over the bottom-up pyramid (d) and over the top-down
 pyramid without laterals (e), in Table 1's AR1k and AR1k_s and Table 2's AP and AP_s, per regime; and
@@ -43,7 +49,8 @@ from .folder import SweepFolder
 from .report import collect, ranking_agreement, summarize
 from .suites import get_suite
 
-__all__ = ["REGIMES", "TABLES", "GAPS", "paired_difference", "pair_verdict", "build", "write_regimes", "cli"]
+__all__ = ["REGIMES", "TABLES", "GAPS", "MAX_SEEDS", "paired_difference", "pair_verdict", "next_runs", "build",
+           "write_regimes", "cli"]
 
 # (key, label, suite-name suffix)
 REGIMES: Tuple[Tuple[str, str, str], ...] = (
@@ -51,6 +58,8 @@ REGIMES: Tuple[Tuple[str, str, str], ...] = (
     ("pretrained", "ImageNet-pretrained (Lite2)", "-neon-pretrained"),
 )
 TABLES = ("table1", "table2", "table3")
+# seeds per row before a pair within the seeds' spread is called unresolved and the data's folds are next
+MAX_SEEDS = 5
 # (table, a, b, metrics): the gain of a over b
 GAPS: Tuple[Tuple[str, str, str, Tuple[str, ...]], ...] = (
     ("table1", "c_fpn", "d_bottom_up", ("AR1k", "AR1k_s")),
@@ -93,6 +102,34 @@ def pair_verdict(d: dict) -> str:
     if d["std"] is None or abs(d["diff"]) <= d["std"]:
         return "unresolved"
     return "agrees" if d["diff"] > 0 else "disagrees"
+
+
+def next_runs(suite_name: str, folder: str, pairs: List[Tuple[str, str, int]], folds: Sequence[int] = (),
+              default_fold: Optional[int] = None) -> List[dict]:
+    """The sweep commands that would resolve the unresolved ``pairs`` (``(row a, row b, paired runs)``)
+    of suite ``suite_name`` whose runs are in ``folder`` (a sweep folder, or a committed result folder:
+    the sweep resumes from either): ``{step: "seeds" | "folds", rows, command}``, at most one of each step.
+    Pairs with fewer than :data:`MAX_SEEDS` paired runs need seeds (``--seeds MAX_SEEDS --rows ...``);
+    the others need the suite's ``folds`` other than ``default_fold`` (``--folds ... --seeds
+    MAX_SEEDS --rows ...``), or nothing more can be run when the suite has no folds."""
+    out = []
+    output = f"--output {folder}"
+    for step, wanted in (("seeds", [p for p in pairs if p[2] < MAX_SEEDS]),
+                         ("folds", [p for p in pairs if p[2] >= MAX_SEEDS])):
+        rows = sorted({k for a, b, _ in wanted for k in (a, b)})
+        if not rows:
+            continue
+        if step == "seeds":
+            cmd = f"python -m fpn_variants.sweep {suite_name} --seeds {MAX_SEEDS} --rows {' '.join(rows)} {output}"
+        else:
+            other = [j for j in folds if j != default_fold]
+            if not other:
+                out.append(dict(step=step, rows=rows, command=None))
+                continue
+            cmd = (f"python -m fpn_variants.sweep {suite_name} --folds {' '.join(map(str, other))} --seeds {MAX_SEEDS} "
+                   f"--rows {' '.join(rows)} {output}")
+        out.append(dict(step=step, rows=rows, command=cmd))
+    return out
 
 
 def _load(results: str, table: str, suffix: str) -> Optional[dict]:
@@ -142,6 +179,13 @@ def build(results: str) -> dict:
                          else dict(diff=None, std=None, n=0))
                     pair["regimes"][key] = dict(d, verdict=pair_verdict(d))
                 t["pairs"].append(pair)
+        t["next_runs"] = {}
+        for key, _, sfx in REGIMES:
+            open_pairs = [(p["higher"], p["lower"], p["regimes"][key]["n"]) for p in t["pairs"]
+                          if p["regimes"][key]["verdict"] == "unresolved"]
+            s, data = get_suite(table + sfx), loaded[table, key]
+            t["next_runs"][key] = (next_runs(s.name, data["path"], open_pairs, range(s.folds), s.default_fold)
+                                   if open_pairs else [])
         out["tables"][table] = t
     for table, a, b, metrics in GAPS:
         suite = get_suite(table + REGIMES[0][2])
@@ -239,6 +283,16 @@ def _render(data: dict, discussion: str, command: str) -> str:
                              for v in ("agrees", "disagrees", "unresolved", "not run")} for r in regimes}
         L += ["", "; ".join(f"{r['label']}: " + ", ".join(f"{n} {v}" for v, n in counts[r["key"]].items() if n)
                             for r in regimes) + ".", ""]
+        todo = [(r, step) for r in regimes for step in t["next_runs"].get(r["key"], [])]
+        if todo:
+            L += [f"What would resolve the unresolved pairs (seeds up to {MAX_SEEDS} per row, then the data's other "
+                  "folds; not run yet):", ""]
+            for r, step in todo:
+                rows = ", ".join(labels.get(k, k) for k in step["rows"])
+                what = (f"`{step['command']}`" if step["command"] else
+                        "nothing more: the suite has no other data folds")
+                L.append(f"- {r['label']}, {step['step']} for {rows}: {what}")
+            L.append("")
     L += ["## The gap test: does pretraining open the gap the paper reports?", "",
           "The gain of FPN (c) over the bottom-up pyramid (d) — the top-down pathway's worth — and over the "
           "top-down pyramid without lateral connections (e), paired by run; 'widening' = pretrained gap - scratch "
