@@ -416,6 +416,33 @@ def test_more_seeds_for_some_rows_only(tmp_path):
     assert json.load(open(os.path.join(out, "sweep.json")))["row_seeds"] == {"c_fpn": [0, 1], "d_bottom_up": [0]}
 
 
+def test_a_committed_folder_without_run_folders_is_resumed_not_rerun(tmp_path):
+    """A result folder committed before records were published keeps only sweep.json and results.json:
+    a sweep into it adopts those runs (run.json from results.json) and runs only what is missing."""
+    import shutil
+
+    suite = tiny_suite("tiny_adopt")
+    out = str(tmp_path / "sweep")
+    run_sweep(suite, seeds=1, output=out, opts=TINY, poll_s=0.5)
+    old = {(r["row"], r["seed"]): r for r in json.load(open(os.path.join(out, "results.json")))["runs"]}
+    committed = str(tmp_path / "committed")
+    os.makedirs(committed)
+    for name in ("sweep.json", "results.json"):
+        shutil.copy(os.path.join(out, name), committed)
+    folder = SweepFolder(committed)
+    assert [folder.status("c_fpn", 0), folder.status("c_fpn", 1)] == ["done", "todo"]  # what --dry-run prints
+    assert not os.path.exists(os.path.join(committed, "c_fpn"))  # status writes nothing
+    records = run_sweep(suite, seeds=2, output=committed, opts=TINY, poll_s=0.5, rows=["c_fpn"])
+    assert [(r["row"], r["seed"], r["status"]) for r in records] == [("c_fpn", 0, "done"), ("c_fpn", 1, "done")]
+    assert records[0]["adopted"] == "results.json" and "adopted" not in records[1]
+    assert os.listdir(os.path.join(committed, "c_fpn", "seed0")) == ["run.json"]  # not trained again
+    assert os.path.isfile(os.path.join(committed, "c_fpn", "seed1", "metrics.json"))
+    new = {(r["row"], r["seed"]): r for r in json.load(open(os.path.join(committed, "results.json")))["runs"]}
+    for key in (("c_fpn", 0), ("d_bottom_up", 0)):
+        assert new[key]["metrics"] == pytest.approx(old[key]["metrics"]) and new[key]["seconds"] == old[key]["seconds"]
+    assert ("c_fpn", 1) in new and ("d_bottom_up", 1) not in new
+
+
 def test_the_library_never_imports_the_experiment_tooling():
     """Issue 20's layering: modeling, config, data, evaluation, engine, fileio, ... import nothing of
     fpn_variants.experiments (the ``python -m fpn_variants.sweep`` / ``report`` shims are its commands)."""

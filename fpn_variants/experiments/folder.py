@@ -254,6 +254,39 @@ class SweepFolder:
         return {(r["row"], r.get("fold"), r["seed"]): {**r, "metrics": {k: nan if v is None else v for k, v in r["metrics"].items()}}
                 for r in runs}
 
+    def status(self, row: str, seed: int, fold: Optional[int] = None) -> str:
+        """A run's status as a sweep into this folder would find it: its record's (``done`` /
+        ``failed``), else, where the run folder is absent, what ``results.json`` records (the runs
+        :meth:`adopt_committed_runs` adopts), else ``todo``. Writes nothing."""
+        run_dir = self.run_dir(row, seed, fold)
+        rec = self.read_record(run_dir)
+        if rec is None and not os.path.isdir(run_dir):
+            rec = self._committed_runs().get((row, fold, seed))
+        return (rec or {}).get("status", "todo")
+
+    def adopt_committed_runs(self, suite: Suite) -> List[str]:
+        """Write a run record (``run.json``) for every run that ``results.json`` records as ended but
+        whose run folder is absent — a committed result folder made before :meth:`publish` copied the
+        records — from what ``results.json`` holds (metrics under their Detectron2 keys again, the
+        record marked ``"adopted": "results.json"``). A sweep resuming into the folder then skips those
+        runs, as it skips published ones, instead of running them again, and every later report reads
+        them like any other run. Unfinished runs are left to the sweep. Returns the run folders written.
+        """
+        keys = {m.name: m.key for m in suite.metrics}
+        written = []
+        for (row, fold, seed), r in self._committed_runs().items():
+            run_dir = self.run_dir(row, seed, fold)
+            if r.get("status") not in ("done", "failed") or os.path.isdir(run_dir):
+                continue
+            metrics = {keys[n]: v for n, v in r["metrics"].items() if n in keys}
+            os.makedirs(run_dir)
+            self.write_record(run_dir, dict(
+                suite=suite.name, row=row, seed=seed, **({} if fold is None else {"fold": fold}), command=None,
+                seconds=r.get("seconds"), metrics=metrics, s_per_it=r.get("s_per_it"),
+                train_loss=r.get("train_loss"), status=r["status"], error=r.get("error"), adopted="results.json"))
+            written.append(run_dir)
+        return written
+
     def discussion(self) -> str:
         """The folder's ``discussion.md`` ("" without one)."""
         try:

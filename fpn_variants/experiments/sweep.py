@@ -203,6 +203,7 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
     folder = SweepFolder(output)
     with folder.lock():
         folder.update_manifest(suite, opts, seeds, command, selected, run_folds)
+        folder.adopt_committed_runs(suite)  # a committed folder's runs are not run again
         specs = [sp for sp in plan_runs(suite, seeds, output, opts, threads, num_gpus, keep_checkpoints, folds)
                  if sp.row in selected]
         ex = _make_executor(executor, output, jobs, slurm)
@@ -358,7 +359,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
             for s in plan_runs(suite, range(a.seeds), output, a.opts, a.threads, a.num_gpus, folds=a.folds):
                 if s.row not in selected:
                     continue
-                st = (SweepFolder.read_record(s.run_dir) or {}).get("status", "todo")
+                st = SweepFolder(output).status(s.row, s.seed, s.fold)
                 print(f"{st:7s} {shlex.join(s.command)}")
             return 0
         slurm = dict(partition=a.partition, timeout_min=a.timeout_min, cpus_per_run=a.cpus_per_run, mem_gb=a.mem_gb)
