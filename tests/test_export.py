@@ -190,7 +190,7 @@ def _onnx_session(module, args, dynamic_axes):
 def test_onnx_export_runs_in_onnxruntime(name):
     """Faster R-CNN with each pyramid: traced with TracingAdapter, exported to ONNX with dynamic image
     size, run in onnxruntime on two sizes. Scores equal eager within 1e-3 and >= 98 % of the detections
-    are eager's within 1e-3 px (near-tied overlapping boxes may swap in NMS), except for the top-down-only
+    are eager's within 0.01 px (near-tied overlapping boxes may swap in NMS), except for the top-down-only
     pyramid: its finer levels are nearest-upsampled copies of one map, so many RPN
     objectness logits are exact ties, and onnxruntime's float noise (1e-6) reorders them, which changes
     which proposals survive top-k and NMS. There the pyramid's own outputs are checked instead, and the
@@ -214,12 +214,15 @@ def test_onnx_export_runs_in_onnxruntime(name):
             continue
         a, b = in_canonical_order(eager), in_canonical_order(onnx)
         assert torch.allclose(a.scores, b.scores, atol=1e-3)
-        # one-to-one: each ONNX detection is an eager one (class, box within 1e-3 px). A random-init
-        # detector scores every box 0.98-0.9999, so two overlapping boxes can tie within onnxruntime's
-        # float noise and NMS keeps the other one: measured once in 100 for PANet on an AMD EPYC
-        # (scores 0.99978870 / 0.99978882), never on a Xeon. Up to 2 of 100 may differ that way.
+        # one-to-one: each ONNX detection is an eager one (class, box within 0.01 px). onnxruntime's
+        # float noise moves a box by up to 1.7e-3 px (measured for ASFF on an Intel Xeon, family 6
+        # model 207: 3 of 100 boxes 1.2e-3 to 1.7e-3 px off, IoU with eager's >= 0.998, so 1e-3 px was
+        # too tight there; < 1e-3 px on an AMD EPYC). A random-init detector scores every box
+        # 0.98-0.9999, so two overlapping boxes can tie within that noise and NMS keeps the other one:
+        # measured once in 100 for PANet on an AMD EPYC (scores 0.99978870 / 0.99978882). Up to 2 of
+        # 100 may differ that way.
         same_class = a.pred_classes[:, None] == b.pred_classes[None, :]
-        close = (a.pred_boxes.tensor[:, None, :] - b.pred_boxes.tensor[None, :, :]).abs().amax(-1) < 1e-3
+        close = (a.pred_boxes.tensor[:, None, :] - b.pred_boxes.tensor[None, :, :]).abs().amax(-1) < 1e-2
         matched = (same_class & close).any(0).float().mean().item()
         assert matched >= 0.98, matched
     if name == "build_fpn_top_down_only_backbone":
