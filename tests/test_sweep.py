@@ -443,6 +443,30 @@ def test_a_committed_folder_without_run_folders_is_resumed_not_rerun(tmp_path):
     assert ("c_fpn", 1) in new and ("d_bottom_up", 1) not in new
 
 
+def test_a_time_limit_starts_no_run_that_would_end_after_it(tmp_path):
+    """--time-limit-min: the first run starts (no run done to judge by), the next ones would end after
+    the limit, so they are left unstarted (None), the command exits 3 and names them; a second call
+    judges by the run done (its seconds) and starts nothing; the report lists them as not finished."""
+    from fpn_variants.experiments.sweep import cli
+
+    suite = tiny_suite("tiny_limit")
+    suite_file = tmp_path / "tiny_limit.json"
+    suite_file.write_text(json.dumps(suite.to_dict()))
+    out = str(tmp_path / "sweep")
+    with pytest.raises(ValueError, match="time limit must be > 0 minutes; got 0"):
+        run_sweep(suite, seeds=1, output=out, opts=TINY, time_limit_min=0)
+    # 6 s: the set-up takes < 1 s, one tiny run ~10 s (and had it taken 5, the next would end after 6)
+    assert cli([str(suite_file), "--seeds", "2", "--output", out, "--time-limit-min", "0.1", "--no-report", *TINY]) == 3
+    assert run_status(os.path.join(out, "c_fpn", "seed0"))["status"] == "done"
+    assert not [r for r in ("d_bottom_up/seed0", "c_fpn/seed1", "d_bottom_up/seed1") if os.path.exists(os.path.join(out, r))]
+    took = run_status(os.path.join(out, "c_fpn", "seed0"))["seconds"]
+    records = run_sweep(suite, seeds=2, output=out, opts=TINY, poll_s=0.5, time_limit_min=took / 60 / 2)
+    assert [r and r["status"] for r in records] == ["done", None, None, None]
+    runs = [(r["row"], r["seed"], r["status"]) for r in csv.DictReader(open(os.path.join(out, "results.csv")))]
+    assert runs == [("c_fpn", "0", "done"), ("c_fpn", "1", "not finished"), ("d_bottom_up", "0", "not finished"),
+                    ("d_bottom_up", "1", "not finished")]
+
+
 def test_the_library_never_imports_the_experiment_tooling():
     """Issue 20's layering: modeling, config, data, evaluation, engine, fileio, ... import nothing of
     fpn_variants.experiments (the ``python -m fpn_variants.sweep`` / ``report`` shims are its commands)."""

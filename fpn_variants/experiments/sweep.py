@@ -7,6 +7,7 @@ Usage (also the ``fpn-variants-sweep`` command)::
     python -m fpn_variants.sweep table3 --executor slurm --partition gpu --gpus-per-run 8 --timeout-min 1440
     python -m fpn_variants.sweep my_suite.json --output out/mine SOLVER.MAX_ITER 1000   # own suite, overrides
     python -m fpn_variants.sweep table1-neon --seeds 1 --folds 0 1 2 --rows c_fpn d_bottom_up   # other data folds
+    python -m fpn_variants.sweep table1-neon --seeds 3 --time-limit-min 150   # a session of 3 h: no run cut off
 
 Layout: a :class:`~fpn_variants.experiments.folder.SweepFolder` (``OUTPUT/sweep.json``, one folder
 per run ``OUTPUT/<row key>/seed<k>/`` or, on another data fold, ``OUTPUT/<row key>/fold<j>/seed<k>/``
@@ -36,6 +37,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +151,7 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
               opts: Sequence[str] = (), jobs: int = 1, threads: Optional[int] = None, num_gpus: int = 1,
               slurm: Optional[dict] = None, report: bool = True, keep_checkpoints: bool = False,
               poll_s: float = 5.0, command: Optional[str] = None, rows: Optional[Sequence[str]] = None,
-              folds: Optional[Sequence[int]] = None) -> List[dict]:
+              folds: Optional[Sequence[int]] = None, time_limit_min: Optional[float] = None) -> List[Optional[dict]]:
     """Run (or resume) every row x seed of ``suite`` and write the report.
 
     Args:
@@ -170,15 +172,22 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
         folds: run these data folds of the suite (e.g. ``[0, 1, 2, 3]``; the runs of its default fold
             are those made without ``folds``); ``None``: the configs' own data. A Fast R-CNN suite
             trains one proposals RPN per fold.
+        time_limit_min: start no run that would end later than this many minutes (wall clock) after the
+            sweep started, judged by the median ``seconds`` of the runs already done in this folder
+            (with none done yet, a run starts while the limit has not passed); runs in flight finish,
+            the report is written, and re-running the same command goes on. For a session or an
+            allocation of fixed length, so that its end interrupts no run. ``None``: no limit.
 
     Returns:
-        every run's record (``run.json``), in plan order.
+        every run's record (``run.json``), in plan order; ``None`` for a run the time limit left
+        unstarted.
 
     Raises:
         KeyError: unknown suite name or a row key the suite does not have (its keys listed).
         ValueError: unknown executor, bad seeds / jobs / overrides / folds, or an output folder holding a
-        sweep with other overrides. RuntimeError: another sweep holds the folder.
+        sweep with other overrides, a time limit <= 0. RuntimeError: another sweep holds the folder.
     """
+    started = time.time()
     if isinstance(suite, str):
         suite = load_suite(suite)
     selected = _select_rows(suite, rows)
@@ -190,6 +199,9 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
         raise ValueError(f"seeds must be a count >= 1 or non-negative seeds; got {seeds}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
+    if time_limit_min is not None and not time_limit_min > 0:
+        raise ValueError(f"the time limit must be > 0 minutes; got {time_limit_min}")
+    deadline = None if time_limit_min is None else started + 60 * time_limit_min
     if len(opts) % 2:
         raise ValueError(f"overrides must be KEY VALUE pairs; got an odd number: {list(opts)}")
     output = os.path.abspath(output or os.path.join("output", "sweeps", suite.name))
@@ -211,11 +223,11 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
             not_run = []
             if suite.proposals:
                 staged = [_proposals_stage(ex, folder, suite, [sp for sp in specs if sp.fold == f], opts, threads,
-                                           num_gpus, keep_checkpoints, poll_s, f) for f in run_folds]
+                                           num_gpus, keep_checkpoints, poll_s, f, deadline) for f in run_folds]
                 specs = [sp for ready, _ in staged for sp in ready]
                 not_run = [r for _, failed in staged for r in failed]
             out = not_run + _drive(ex, specs, execute_run, _run_done, len(specs) if executor == "slurm" else jobs, suite.name,
-                         poll_s)
+                                   poll_s, deadline)
         finally:
             if isinstance(ex, ThreadPoolExecutor):
                 ex.shutdown(wait=True)
@@ -232,13 +244,16 @@ def _run_done(record: Optional[dict]) -> bool:
 
 
 def _proposals_stage(ex, folder: SweepFolder, suite: Suite, specs: List[RunSpec], opts, threads, num_gpus,
-                     keep_checkpoints, poll_s, fold=None):
+                     keep_checkpoints, poll_s, fold=None, deadline=None):
     """Train the proposals RPN of ``fold`` and dump its proposals (once per folder and fold); returns
     ``(specs reading them, [])``. If the stage fails: ``([], the records of specs)``, every run not yet
-    done recorded as failed, naming why (the sweep goes on to its report)."""
+    done recorded as failed, naming why (the sweep goes on to its report). If the time limit left the
+    stage unstarted: ``([], [None] * len(specs))``."""
     prop = proposals_spec(suite, folder.path, opts, threads, num_gpus, keep_checkpoints, fold)
     desc = f"{suite.name} proposals" + ("" if fold is None else f" fold {fold}")
-    (rec,) = _drive(ex, [prop], execute_proposals, proposals_done, 1, desc, poll_s)
+    (rec,) = _drive(ex, [prop], execute_proposals, proposals_done, 1, desc, poll_s, deadline)
+    if rec is None:
+        return [], [None] * len(specs)
     if proposals_done(rec):
         return [sp.with_proposals(rec["proposal_files"]) for sp in specs], []
     why = RuntimeError(f"not run: the proposals stage ({prop.run_dir}) failed: {rec.get('error')}")
@@ -246,19 +261,29 @@ def _proposals_stage(ex, folder: SweepFolder, suite: Suite, specs: List[RunSpec]
     return [], [r if _run_done(r) else failed_record(sp, why) for sp, r in zip(specs, records)]
 
 
+def _expected_seconds(durations: List[float]) -> float:
+    """The median of ``durations`` (seconds of the runs done), 0 with none."""
+    return statistics.median(durations) if durations else 0.0
+
+
 def _drive(ex, specs: List[RunSpec], fn: Callable[[RunSpec], dict], done: Callable[[Optional[dict]], bool],
-           limit: int, desc: str, poll_s: float) -> List[dict]:
+           limit: int, desc: str, poll_s: float, deadline: Optional[float] = None) -> List[Optional[dict]]:
     """Run ``fn(spec)`` for every spec whose record is not ``done`` yet, at most ``limit`` at once, with
     a progress bar of runs done / total and each running run's iteration; returns the records in
-    ``specs`` order."""
+    ``specs`` order. With a ``deadline`` (``time.time()`` seconds), a run starts only if it is expected
+    (:func:`_expected_seconds` of the runs done) to end by then; the others are left unstarted and
+    their entry is ``None``."""
     from tqdm import tqdm
 
     records: Dict[str, dict] = {}
     pending = []
+    durations: List[float] = []
     for s in specs:
         st = SweepFolder.read_record(s.run_dir)
         if done(st):
             records[s.run_dir] = st
+            if st.get("seconds"):
+                durations.append(float(st["seconds"]))
         else:
             pending.append(s)
     max_iter = _max_iter(specs[0]) if specs else None
@@ -266,8 +291,15 @@ def _drive(ex, specs: List[RunSpec], fn: Callable[[RunSpec], dict], done: Callab
     bar = tqdm(total=len(specs), initial=len(specs) - len(pending), unit="run", desc=desc, dynamic_ncols=True,
                mininterval=1 if tty else 60)
     running = {}
+    unstarted = set()
     try:
         while pending or running:
+            if pending and deadline is not None and time.time() + _expected_seconds(durations) > deadline:
+                tqdm.write(f"[sweep] time limit: {len(pending)} run(s) of {desc} not started (each takes about "
+                           f"{_expected_seconds(durations) / 60:.0f} min); the same command goes on from here")
+                unstarted.update(s.run_dir for s in pending)
+                pending = []
+                continue
             while pending and len(running) < limit:
                 spec = pending.pop(0)
                 running[spec.run_dir] = (spec, ex.submit(fn, spec))
@@ -280,6 +312,8 @@ def _drive(ex, specs: List[RunSpec], fn: Callable[[RunSpec], dict], done: Callab
                 except Exception as e:  # the job itself died (scheduler, pickling, OOM kill)
                     rec = failed_record(spec, e)
                 records[key] = rec
+                if rec.get("status") == "done" and rec.get("seconds"):
+                    durations.append(float(rec["seconds"]))
                 bar.update(1)
                 name = f"{spec.row}" + ("" if spec.fold is None else f" fold {spec.fold}") + f" seed {spec.seed}"
                 if rec["status"] != "done":
@@ -293,7 +327,8 @@ def _drive(ex, specs: List[RunSpec], fn: Callable[[RunSpec], dict], done: Callab
                 time.sleep(poll_s)
     finally:
         bar.close()
-    return [records.get(s.run_dir) or SweepFolder.read_record(s.run_dir) for s in specs]
+    return [None if s.run_dir in unstarted else records.get(s.run_dir) or SweepFolder.read_record(s.run_dir)
+            for s in specs]
 
 
 def _max_iter(spec: RunSpec) -> Optional[int]:
@@ -313,7 +348,8 @@ def load_suite(name_or_path: str) -> Suite:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m fpn_variants.sweep`` / ``fpn-variants-sweep``; returns 0 if every run is done, 1 if
-    any failed (the report still lists them)."""
+    any failed (the report still lists them), 3 if none failed but ``--time-limit-min`` left runs
+    unstarted."""
     p = argparse.ArgumentParser(prog="python -m fpn_variants.sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", nargs="?", help="suite name (table1, table1-neon, table2, ..., see --list) or a suite .json file")
@@ -332,6 +368,9 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--timeout-min", type=int, help="per-run time limit for submitit (minutes)")
     p.add_argument("--cpus-per-run", type=int, help="slurm cpus per task")
     p.add_argument("--mem-gb", type=int, help="slurm memory per run (GB)")
+    p.add_argument("--time-limit-min", type=float, metavar="MIN", help="start no run that would end later than MIN "
+                   "minutes after the sweep started (judged by the runs done so far); runs in flight finish, the "
+                   "report is written, exit status 3; the same command goes on later")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep intermediate model_*.pth of finished runs")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
@@ -366,14 +405,17 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         records = run_sweep(suite, a.seeds, a.executor, a.output, a.opts, a.jobs, a.threads, a.num_gpus, slurm,
                             report=not a.no_report, keep_checkpoints=a.keep_checkpoints,
                             command=_reproduce_command(argv if argv is not None else sys.argv[1:]), rows=a.rows,
-                            folds=a.folds)
+                            folds=a.folds, time_limit_min=a.time_limit_min)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
         p.error(str(e.args[0]) if isinstance(e, KeyError) else str(e))
-    failed = [r for r in records if not r or r.get("status") != "done"]
+    failed = [r for r in records if r and r.get("status") != "done"]
     for r in failed:
-        if r:
-            print(f"[sweep] FAILED {r['row']} seed {r['seed']}: {r.get('error')}", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"[sweep] FAILED {r['row']} seed {r['seed']}: {r.get('error')}", file=sys.stderr)
+    unstarted = sum(r is None for r in records)
+    if unstarted:
+        print(f"[sweep] {unstarted} run(s) not started within the time limit; run the same command again to go on",
+              file=sys.stderr)
+    return 1 if failed else 3 if unstarted else 0
 
 
 if __name__ == "__main__":
