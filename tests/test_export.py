@@ -50,7 +50,7 @@ def images(seed=0):
 
 # Knobs beyond the presets' defaults, each scripted too: the learned fusions, activations (modules
 # inside Detectron2's Conv2d), separable convs, norms, bilinear upsampling, repeated BiFPN layers,
-# stacked residual blocks and the other top blocks.
+# stacked residual blocks, the other top blocks and the simple pyramid from C4.
 KNOBS = [
     ("build_fpn_full_backbone", {"MODEL.FPN.FUSE_TYPE": "concat", "MODEL.FPN.NORM": "GN", "FPN_VARIANTS.ACTIVATION": "relu"}),
     ("build_fpn_full_backbone", {"MODEL.FPN.FUSE_TYPE": "avg", "FPN_VARIANTS.UPSAMPLE_MODE": "bilinear",
@@ -62,6 +62,7 @@ KNOBS = [
     ("build_fpn_bifpn_backbone", {"MODEL.FPN.FUSE_TYPE": "weighted", "FPN_VARIANTS.SEPARABLE_CONV": True,
                                   "FPN_VARIANTS.ACTIVATION": "swish", "FPN_VARIANTS.PATH_REPEATS": 3, "MODEL.FPN.NORM": "GN",
                                   "FPN_VARIANTS.TOP_BLOCK": "p6p7_c5"}),
+    ("build_fpn_simple_backbone", {"MODEL.FPN.IN_FEATURES": ["res2", "res3", "res4"], "FPN_VARIANTS.TOP_BLOCK": "p5p6_maxpool"}),
     ("build_fpn_bifpn_backbone", {"FPN_VARIANTS.BOTTOM_UP": "build_timm_backbone",
                                   "FPN_VARIANTS.TIMM.MODEL_NAME": "tf_efficientnet_lite0", "FPN_VARIANTS.TIMM.WEIGHTS": ""}),
 ]

@@ -108,6 +108,38 @@ def test_simple_pyramid_builds_every_level_from_c5_alone():
         assert torch.equal(out[k], other[k])
 
 
+def test_simple_pyramid_from_c4_pools_p5_and_p6_as_vitdet():
+    """ViTDet's own setting, one stride-16 map: C2..C4 in, P2/P3 by deconvs, P4 the map, P5 its 2x2 max
+    pooling and P6 the subsampled P5 (the ``p5p6_maxpool`` top block), so the levels stay P2..P6."""
+    from fpn_variants.modeling import TOP_BLOCKS
+
+    torch.manual_seed(0)
+    top = TOP_BLOCKS.get("p5p6_maxpool")(IN[:3], R18_SHAPES, 16)
+    assert top.in_feature == "p4" and top.num_levels == 2
+    net = FeaturePyramid(R18_SHAPES, IN[:3], 16, top_block=top, **PRESETS["fpn_simple"]).eval()
+    assert [len(s) for s in net.top_down.stacks] == [3, 1]
+    assert [net.output_shape()[k].stride for k in ("p2", "p3", "p4", "p5", "p6")] == [4, 8, 16, 32, 64]
+    feats = synthetic_features(100, 130)  # odd map sizes: C4 is 7 x 9
+    with torch.no_grad():
+        out = net(feats)
+        other = net(dict(feats, res2=feats["res2"] + 1, res3=feats["res3"] - 1, res5=feats["res5"] * 2))
+    assert list(out) == ["p2", "p3", "p4", "p5", "p6"]
+    assert [tuple(out[k].shape[-2:]) for k in out] == [(25, 33), (13, 17), (7, 9), (4, 5), (2, 3)]
+    assert torch.equal(out["p5"], F.max_pool2d(out["p4"], 2, 2, ceil_mode=True))
+    assert torch.equal(out["p6"], out["p5"][..., ::2, ::2])
+    for k in out:  # only C4 reaches the pyramid
+        assert torch.equal(out[k], other[k])
+    # through the builder: the config's levels, Detectron2's default anchors and heads unchanged
+    cfg = small_cfg(backbone_name("fpn_simple"))
+    cfg.MODEL.FPN.IN_FEATURES = IN[:3]
+    cfg.FPN_VARIANTS.TOP_BLOCK = "p5p6_maxpool"
+    backbone = build_backbone(cfg)
+    assert {k: s.stride for k, s in backbone.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 100, 130))
+    assert [tuple(v.shape[-2:]) for v in out.values()] == [(25, 33), (13, 17), (7, 9), (4, 5), (2, 3)]
+
+
 def test_nasfpn_cell_wires_the_discovered_architecture():
     """The seven merging cells of Fig. 7(f), levels counted from the finest input: each spec is [output
     level, attention?, coarser input node, other input node, their levels, unconsumed nodes of the

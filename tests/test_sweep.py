@@ -542,7 +542,7 @@ def test_every_necks_row_builds_its_neck_on_the_pretrained_recipe():
     from fpn_variants.modeling import PRESETS
 
     suite = get_suite("necks-neon-pretrained")
-    assert suite.baseline == "fpn" and suite.citation == "" and len(suite.rows) == 8
+    assert suite.baseline == "fpn" and suite.citation == "" and len(suite.rows) == 9
     for row in suite.rows:
         cfg = load_config(os.path.join(config_root(), row.config), list(row.opts))
         cfg.MODEL.DEVICE = "cpu"
@@ -552,6 +552,10 @@ def test_every_necks_row_builds_its_neck_on_the_pretrained_recipe():
         assert net.options.paths == PRESETS[preset]["paths"] and net.options.norm == "GN", row.key
         for key, value in PRESETS[preset].defaults.items():
             assert getattr(net.options, key) == value, row.key
+        # every row but the simple pyramid from C4 reads C2..C5; that one's bottom-up stops at C4
+        c4_only = row.key == "simple_c4"
+        assert list(net.in_features) == ["res2", "res3", "res4"] + ([] if c4_only else ["res5"]), row.key
+        assert sorted(net.bottom_up.output_shape()) == sorted(net.in_features), row.key
 
 
 @pytest.mark.parametrize("table", ["table1", "table2", "table3"])

@@ -351,35 +351,43 @@ register_suite(_beyond_suite("beyond-neon", "NEON", _NEON_NOTE))
 # Issue 19: the necks on one pretrained bottom-up pathway, in the manner of EfficientDet's Table 5 (FPN
 # 42.3, FPN + PANet 44.1, NAS-FPN 43.2, BiFPN 44.4 AP on one backbone). Every row: the pretrained demo
 # recipe (Lite2, GN in the pyramid, d = 128) with only MODEL.BACKBONE.NAME changed, each preset with its
-# published settings (BiFPN: weighted fusion; CARAFE / ASFF: their op) from its builder.
+# published settings (BiFPN: weighted fusion; CARAFE / ASFF: their op) from its builder; the simple pyramid
+# from C4 also stops the bottom-up at C4 (res2..res4) and max-pools P5 / P6.
 _NECKS = (
-    ("fpn", "FPN (Lin et al. 2017)", "fpn_full", "the baseline: 1x1 laterals, top-down pathway, 3x3 outputs"),
-    ("panet", "FPN + PANet path", "fpn_panet",
+    ("fpn", "FPN (Lin et al. 2017)", "fpn_full", (), "the baseline: 1x1 laterals, top-down pathway, 3x3 outputs"),
+    ("panet", "FPN + PANet path", "fpn_panet", (),
      "PANet: the extra bottom-up path helps (Liu et al. 2018, Table 3); EfficientDet Table 5: +1.8 AP over FPN"),
-    ("bifpn", "BiFPN x1, weighted", "fpn_bifpn",
+    ("bifpn", "BiFPN x1, weighted", "fpn_bifpn", (),
      "EfficientDet: repeated BiFPN beats FPN and PANet at equal cost (Tan et al. 2020, Table 5: +2.1 AP over FPN)"),
-    ("nasfpn", "NAS-FPN x1 (P2..P6)", "fpn_nasfpn",
+    ("nasfpn", "NAS-FPN x1 (P2..P6)", "fpn_nasfpn", (),
      "NAS-FPN: the discovered cell beats FPN (Ghiasi et al. 2019); EfficientDet Table 5: +0.9 AP over FPN"),
-    ("simple", "simple pyramid from C5 (ViTDet)", "fpn_simple",
+    ("simple", "simple pyramid from C5 (ViTDet)", "fpn_simple", (),
      "ViTDet: with a plain ViT a simple pyramid from one map is enough; on a hierarchical backbone, does the "
      "hierarchy of laterals matter? (Li et al. 2022, §4)"),
-    ("carafe", "FPN + CARAFE upsampling", "fpn_carafe",
+    ("simple_c4", "simple pyramid from C4 (ViTDet; no C5)", "fpn_simple",
+     ("MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4']", "MODEL.FPN.IN_FEATURES", "['res2', 'res3', 'res4']",
+      "FPN_VARIANTS.TOP_BLOCK", "p5p6_maxpool"),
+     "ViTDet's own setting: every level from one stride-16 map, P5 and P6 by max pooling (Li et al. 2022, §3, "
+     "Table 1 on a plain ViT); here the stride-16 map is a hierarchical bottom-up's C4"),
+    ("carafe", "FPN + CARAFE upsampling", "fpn_carafe", (),
      "CARAFE: content-aware upsampling in FPN improves Faster R-CNN AP (Wang et al. 2019, Table 2)"),
-    ("bfp", "FPN + balanced pyramid (Libra)", "fpn_bfp",
+    ("bfp", "FPN + balanced pyramid (Libra)", "fpn_bfp", (),
      "Libra R-CNN: the balanced feature pyramid improves AP (Pang et al. 2019, Table 3)"),
-    ("asff", "FPN + ASFF fusion", "fpn_asff",
+    ("asff", "FPN + ASFF fusion", "fpn_asff", (),
      "ASFF: per-pixel adaptive fusion beats fixed fusion (Liu et al. 2019, Table 1, on YOLOv3)"),
 )
 register_suite(Suite(
     "necks-neon-pretrained", "The necks on one pretrained bottom-up pathway (Faster R-CNN, NEON)",
     (Metric("bbox/AP", "AP"), Metric("bbox/AP50", "AP@0.5"), Metric("bbox/APs", "AP_s"), Metric("bbox/APm", "AP_m")),
     "AP",
-    tuple(Row(k, label, "NEON/faster_rcnn_lite2_FPN_cpu.yaml", ("MODEL.BACKBONE.NAME", f"build_{preset}_backbone"), {},
-              claim) for k, label, preset, claim in _NECKS),
+    tuple(Row(k, label, "NEON/faster_rcnn_lite2_FPN_cpu.yaml", ("MODEL.BACKBONE.NAME", f"build_{preset}_backbone", *opts),
+              {}, claim) for k, label, preset, opts, claim in _NECKS),
     source="issue 19; Tan et al., EfficientDet, CVPR 2020, Table 5",
     notes=("NEON tree crowns, the pretrained demo recipe (configs/NEON/faster_rcnn_lite2_FPN_cpu.yaml: timm "
            "tf_efficientnet_lite2 with packaged ImageNet weights, FrozenBN, GN in the pyramid, d = 128, 360 "
-           "iterations x 8 tiles); each row changes MODEL.BACKBONE.NAME only. The literature's numbers are "
+           "iterations x 8 tiles); each row changes MODEL.BACKBONE.NAME only, except the simple pyramid from C4: "
+           "its bottom-up stops at C4 (MODEL.RESNETS.OUT_FEATURES and MODEL.FPN.IN_FEATURES res2..res4) and "
+           "P5 / P6 are max-pooled (FPN_VARIANTS.TOP_BLOCK p5p6_maxpool). The literature's numbers are "
            "COCO with other backbones and detectors; compare each row with the FPN row, not with them."),
     baseline="fpn", **NEON_FOLDS,
 ))

@@ -13,6 +13,7 @@ import re
 from typing import Dict
 
 import fvcore.nn.weight_init as weight_init
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.layers import ShapeSpec
@@ -25,7 +26,7 @@ from .pyramid import FeaturePyramid
 from .registry import TOP_BLOCKS
 
 __all__ = [
-    "TOP_BLOCKS", "LastLevelP6FromC5", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg",
+    "TOP_BLOCKS", "LastLevelP6FromC5", "LastLevelsP5P6MaxPool", "backbone_name", "build_pyramid_backbone", "pyramid_kwargs_from_cfg",
     "check_backbone_name", "build_bottom_up_backbone", "PYRAMID_BUILDERS", "reads_bottom_up_key", "preset_pyramid",
 ]
 
@@ -46,6 +47,29 @@ class LastLevelP6FromC5(nn.Module):
 
     def forward(self, c5):
         return [self.p6(c5)]
+
+
+class LastLevelsP5P6MaxPool(nn.Module):
+    """Two levels above a pyramid that ends at P4 (stride 16): P5 = 2×2 max pooling, stride 2, of P4
+    (ceil mode), and P6 = stride-2 subsampling of P5 (Detectron2's ``LastLevelMaxPool``). (N, d, H, W)
+    in -> [(N, d, ceil(H/2), ceil(W/2)), (N, d, ceil(H/4), ceil(W/4))], strides 32 and 64.
+
+    This is how ViTDet (Li et al., ECCV 2022, §3) makes its stride-32 level from the one stride-16 map
+    of a plain ViT, and its P6 (``LastLevelMaxPool``); with ``MODEL.FPN.IN_FEATURES`` res2..res4 and
+    the ``fpn_simple`` preset it gives the simple pyramid from C4 on the default levels P2..P6, so
+    Detectron2's RPN / RoI heads and anchors are unchanged. Departure: ViTDet's P5 has its own 1×1 and
+    3×3 convs after the pooling; here it is pooled from P4's output, without convs.
+    """
+
+    num_levels = 2
+
+    def __init__(self, in_feature: str = "p4"):
+        super().__init__()
+        self.in_feature = in_feature
+
+    def forward(self, x):
+        p5 = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+        return [p5, F.max_pool2d(p5, kernel_size=1, stride=2, padding=0)]
 
 
 def backbone_name(preset: str) -> str:
@@ -69,6 +93,17 @@ def p6_subsample_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_
     """The paper's P6 (§4.1): stride-2 subsampling of the coarsest level (P5 for C2..C5, P4 for C2..C4);
     Detectron2's ``LastLevelMaxPool``."""
     top = LastLevelMaxPool()
+    last = in_features[-1]
+    if last in input_shapes:
+        top.in_feature = f"p{int(math.log2(input_shapes[last].stride))}"
+    return top
+
+
+@TOP_BLOCKS.register("p5p6_maxpool")
+def p5p6_maxpool_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_channels: int):
+    """Two levels by pooling the coarsest output (P5 and P6 above C2..C4's P4): ViTDet's way to the
+    stride-32 level from one stride-16 map (:class:`LastLevelsP5P6MaxPool`)."""
+    top = LastLevelsP5P6MaxPool()
     last = in_features[-1]
     if last in input_shapes:
         top.in_feature = f"p{int(math.log2(input_shapes[last].stride))}"
