@@ -88,26 +88,26 @@ def check_backbone_name(name: str) -> None:
     raise KeyError(f"MODEL.BACKBONE.NAME={name!r} is not a registered backbone.{hint} Registered: {', '.join(names)}")
 
 
-@TOP_BLOCKS.register("p6_subsample")
-def p6_subsample_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_channels: int):
-    """The paper's P6 (§4.1): stride-2 subsampling of the coarsest level (P5 for C2..C5, P4 for C2..C4);
-    Detectron2's ``LastLevelMaxPool``."""
-    top = LastLevelMaxPool()
+def _on_coarsest_output(top: nn.Module, in_features, input_shapes: Dict[str, ShapeSpec]) -> nn.Module:
+    """Point ``top.in_feature`` at the pyramid's coarsest output (``p{log2 stride}`` of the last input)."""
     last = in_features[-1]
     if last in input_shapes:
         top.in_feature = f"p{int(math.log2(input_shapes[last].stride))}"
     return top
+
+
+@TOP_BLOCKS.register("p6_subsample")
+def p6_subsample_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_channels: int):
+    """The paper's P6 (§4.1): stride-2 subsampling of the coarsest level (P5 for C2..C5, P4 for C2..C4);
+    Detectron2's ``LastLevelMaxPool``."""
+    return _on_coarsest_output(LastLevelMaxPool(), in_features, input_shapes)
 
 
 @TOP_BLOCKS.register("p5p6_maxpool")
 def p5p6_maxpool_top_block(in_features, input_shapes: Dict[str, ShapeSpec], out_channels: int):
     """Two levels by pooling the coarsest output (P5 and P6 above C2..C4's P4): ViTDet's way to the
     stride-32 level from one stride-16 map (:class:`LastLevelsP5P6MaxPool`)."""
-    top = LastLevelsP5P6MaxPool()
-    last = in_features[-1]
-    if last in input_shapes:
-        top.in_feature = f"p{int(math.log2(input_shapes[last].stride))}"
-    return top
+    return _on_coarsest_output(LastLevelsP5P6MaxPool(), in_features, input_shapes)
 
 
 @TOP_BLOCKS.register("p6_c5")
