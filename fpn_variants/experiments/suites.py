@@ -353,6 +353,7 @@ register_suite(_beyond_suite("beyond-neon", "NEON", _NEON_NOTE))
 # recipe (Lite2, GN in the pyramid, d = 128) with only MODEL.BACKBONE.NAME changed, each preset with its
 # published settings (BiFPN: weighted fusion; CARAFE / ASFF: their op) from its builder; the simple pyramid
 # from C4 also stops the bottom-up at C4 (res2..res4) and max-pools P5 / P6.
+_C2_C4 = "['res2', 'res3', 'res4']"  # the bottom-up levels the simple pyramid from C4 computes and reads
 _NECKS = (
     ("fpn", "FPN (Lin et al. 2017)", "fpn_full", (), "the baseline: 1x1 laterals, top-down pathway, 3x3 outputs"),
     ("panet", "FPN + PANet path", "fpn_panet", (),
@@ -365,8 +366,7 @@ _NECKS = (
      "ViTDet: with a plain ViT a simple pyramid from one map is enough; on a hierarchical backbone, does the "
      "hierarchy of laterals matter? (Li et al. 2022, §4)"),
     ("simple_c4", "simple pyramid from C4 (ViTDet; no C5)", "fpn_simple",
-     ("MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4']", "MODEL.FPN.IN_FEATURES", "['res2', 'res3', 'res4']",
-      "FPN_VARIANTS.TOP_BLOCK", "p5p6_maxpool"),
+     ("MODEL.RESNETS.OUT_FEATURES", _C2_C4, "MODEL.FPN.IN_FEATURES", _C2_C4, "FPN_VARIANTS.TOP_BLOCK", "p5p6_maxpool"),
      "ViTDet's own setting: every level from one stride-16 map, P5 and P6 by max pooling (Li et al. 2022, §3, "
      "Table 1 on a plain ViT); here the stride-16 map is a hierarchical bottom-up's C4"),
     ("carafe", "FPN + CARAFE upsampling", "fpn_carafe", (),
