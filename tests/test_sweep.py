@@ -313,6 +313,9 @@ def test_fast_rcnn_suite_trains_on_the_dumped_proposals_of_one_rpn(tmp_path):
     """Table 2's protocol: the proposals RPN is trained once, its proposals dumped in Detectron2's
     format, and every Fast R-CNN row reads the same files."""
     import pickle
+    import shutil
+
+    from fpn_variants.experiments.runner import proposal_paths, sha256_file
 
     AP = (Metric("bbox/AP50", "AP@0.5"), Metric("bbox/AP", "AP"))
     suite = Suite("tiny_table2", "tiny Fast R-CNN", AP, "AP", (
@@ -323,8 +326,10 @@ def test_fast_rcnn_suite_trains_on_the_dumped_proposals_of_one_rpn(tmp_path):
     records = run_sweep(suite, seeds=1, output=out, opts=TINY + ("MODEL.ROI_BOX_HEAD.FC_DIM", "64"), poll_s=0.5)
     assert [r["status"] for r in records] == ["done", "done"], [r.get("error") for r in records]
     prop = run_status(os.path.join(out, "proposals"))
-    files = prop["proposal_files"]
-    assert set(files) == {"neon_trees_train", "neon_trees_val"}
+    assert set(prop["proposal_files"]) == {"neon_trees_train", "neon_trees_val"}
+    assert prop["proposal_files"]["neon_trees_val"] == "proposals_neon_trees_val.pkl"  # named in its folder
+    files = proposal_paths(prop, os.path.join(out, "proposals"))
+    assert prop["proposal_sha256"] == {d: sha256_file(p) for d, p in files.items()}
     with open(files["neon_trees_val"], "rb") as f:
         val = pickle.load(f)
     assert len(val["ids"]) == 42 and val["bbox_mode"] == 0
@@ -334,6 +339,31 @@ def test_fast_rcnn_suite_trains_on_the_dumped_proposals_of_one_rpn(tmp_path):
         assert files["neon_trees_train"] in run_cfg and files["neon_trees_val"] in run_cfg
         assert "PrecomputedProposals" in run_cfg
     assert "| (c) FPN |" in open(os.path.join(out, "report.md")).read()
+
+    # Published, the folder keeps the proposals its rows read (no checkpoint); a copy elsewhere resumes from
+    # it: nothing retrained, and more seeds would read the same files.
+    pub = str(tmp_path / "published")
+    written = SweepFolder(out).publish(pub)
+    assert "proposals/proposals_neon_trees_train.pkl" in written and not any(w.endswith(".pth") for w in written)
+    moved = str(tmp_path / "elsewhere")
+    shutil.copytree(pub, moved)
+    again = run_sweep(suite, seeds=1, output=moved, opts=TINY + ("MODEL.ROI_BOX_HEAD.FC_DIM", "64"), poll_s=0.5,
+                      report=False)
+    assert [r["seconds"] for r in again] == [r["seconds"] for r in records]  # the published records, not reruns
+    assert not os.path.exists(os.path.join(moved, "proposals", "model_final.pth"))
+    # A proposal file that is not the one the runs read is refused, naming it and the pinned digest.
+    with open(os.path.join(moved, "proposals", "proposals_neon_trees_val.pkl"), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match=r"proposals_neon_trees_val\.pkl: sha256 .* differs from the " + prop["proposal_sha256"]["neon_trees_val"]):
+        run_sweep(suite, seeds=1, output=moved, opts=TINY + ("MODEL.ROI_BOX_HEAD.FC_DIM", "64"), poll_s=0.5, report=False)
+    # Gone altogether (and no checkpoint to dump them again): the stage fails naming them; nothing retrained.
+    for d in files:
+        os.remove(os.path.join(moved, "proposals", f"proposals_{d}.pkl"))
+    gone = run_sweep(suite, seeds=2, output=moved, opts=TINY + ("MODEL.ROI_BOX_HEAD.FC_DIM", "64"), poll_s=0.5,
+                     report=False)
+    assert [r["status"] for r in gone] == ["done", "done", "failed", "failed"]
+    assert "model_final.pth is gone" in gone[2]["error"] and "proposals_neon_trees_val.pkl" in gone[2]["error"]
+    assert run_status(os.path.join(moved, "proposals"))["status"] == "done"  # the stage's record kept as it was
 
 
 @pytest.mark.parametrize("name", ["beyond-neon", "beyond"])

@@ -303,8 +303,11 @@ class SweepFolder:
         atomically, so publishing again after more runs finished updates it): the manifest, costs and
         discussion, and of every run that ended (its run record says ``done`` or ``failed``) its record,
         ``metrics.json``, ``config.yaml`` and ``inference/**/*.json`` (the evaluator's detections), the
-        proposals RPNs' records included; never checkpoints, logs or dumped proposals. A sweep given
-        ``--output dest`` later resumes from these records without re-running the published runs.
+        proposals RPNs' records included, with the proposal files they dumped (``proposals_<dataset>.pkl``, a
+        few MB: the data every Fast R-CNN row of the folder read, pinned by SHA-256 in the stage's record);
+        never checkpoints or logs. A sweep given ``--output dest`` (or a copy of ``dest``, on any machine)
+        later resumes from these records without re-running the published runs, its rows reading the same
+        proposals.
         Returns the paths written, relative to ``dest``.
 
         Raises:
@@ -321,6 +324,8 @@ class SweepFolder:
                 continue
             rel = os.path.relpath(root, self.path)
             wanted += [os.path.join(rel, n) for n in self.RECORD_FILES if n in files]
+            dumped = sorted(os.path.basename(p) for p in (rec.get("proposal_files") or {}).values())
+            wanted += [os.path.join(rel, n) for n in dumped if n in files]  # base names: runner.proposal_paths
             for sub, _, names in os.walk(os.path.join(root, "inference")):
                 wanted += [os.path.relpath(os.path.join(sub, n), self.path) for n in sorted(names) if n.endswith(".json")]
         for rel in wanted:

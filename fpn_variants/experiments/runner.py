@@ -20,7 +20,8 @@ from typing import Dict, List, Optional, Tuple
 from .folder import SweepFolder, load_run_config
 from .records import run_summary
 
-__all__ = ["RunSpec", "execute_run", "execute_proposals", "proposals_done", "failed_record"]
+__all__ = ["RunSpec", "execute_run", "execute_proposals", "proposals_done", "proposal_paths", "verify_proposals",
+           "sha256_file", "failed_record"]
 
 PROPOSAL_METRICS = ("box_proposals/AR@100", "box_proposals/AR@1000")
 
@@ -173,17 +174,67 @@ def failed_record(spec: RunSpec, exc: BaseException) -> dict:
     return record
 
 
-def proposals_done(record: Optional[dict]) -> bool:
-    """The proposals stage is done: its RPN trained and every dumped proposal file exists."""
-    return bool(record and record.get("status") == "done" and record.get("proposal_files")
-                and all(os.path.isfile(p) for p in record["proposal_files"].values()))
+def proposal_paths(record: dict, run_dir: str) -> Dict[str, str]:
+    """``{dataset: path}`` of the proposal files a proposals stage's ``record`` names, in its ``run_dir``.
+
+    A record names each file by its name in the stage's folder (records written before stop 30 named
+    absolute paths: their base name is taken), so a result folder that was published and copied elsewhere
+    (``cp -r docs/results/<suite> output/sweeps/``) still finds its files."""
+    return {d: os.path.join(run_dir, os.path.basename(p)) for d, p in (record.get("proposal_files") or {}).items()}
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 hex digest of the file at ``path``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def proposals_done(record: Optional[dict], run_dir: str) -> bool:
+    """The proposals stage in ``run_dir`` is done: its RPN trained and every dumped proposal file its
+    ``record`` names exists there (:func:`proposal_paths`)."""
+    if not (record and record.get("status") == "done" and record.get("proposal_files")):
+        return False
+    return all(os.path.isfile(p) for p in proposal_paths(record, run_dir).values())
+
+
+def verify_proposals(record: dict, run_dir: str) -> Dict[str, str]:
+    """The proposal files of a done proposals stage, checked against the SHA-256 digests its record pins
+    (the files every Fast R-CNN row of the folder read); a record without digests gets them now.
+
+    Returns:
+        ``{dataset: path}`` (:func:`proposal_paths`).
+
+    Raises:
+        ValueError: a file differs from the one the record pinned (e.g. the RPN was retrained elsewhere:
+            its rows would read other proposals than the runs already done); names the file and both digests.
+    """
+    paths = proposal_paths(record, run_dir)
+    digests = {d: sha256_file(p) for d, p in paths.items()}
+    pinned = record.get("proposal_sha256")
+    if pinned is None:
+        SweepFolder.write_record(run_dir, {**record, "proposal_sha256": digests})
+        return paths
+    for d, p in paths.items():
+        if pinned.get(d) != digests[d]:
+            raise ValueError(f"{p}: sha256 {digests[d]} differs from the {pinned.get(d)} its stage's run.json pinned: "
+                             "the Fast R-CNN runs of this folder read other proposals. Restore the file (e.g. from "
+                             "the published docs/results/<suite>/proposals*/), or sweep into a new folder")
+    return paths
 
 
 def execute_proposals(spec: RunSpec) -> dict:
     """Job function of a Fast R-CNN suite's first stage: train the proposals RPN (:func:`execute_run`,
     skipped if already done), then dump its proposals on ``DATASETS.TRAIN + DATASETS.TEST`` with
     ``python -m fpn_variants.proposals`` into ``run_dir``. The record gains ``proposal_files``
-    (``{dataset: path}``) and ``dump_command``; a failure of either step gives ``status "failed"``."""
+    (``{dataset: file name in run_dir}``, :func:`proposal_paths`), ``proposal_sha256`` (their digests,
+    :func:`verify_proposals`) and ``dump_command``; a failure of either step gives ``status "failed"``. An RPN
+    done whose checkpoint and files are both gone (a published folder keeps no checkpoints) is not retrained:
+    the returned record is failed, naming them, and ``run.json`` is left as it was."""
     from ..proposals import proposal_file
 
     rec = SweepFolder.read_record(spec.run_dir)
@@ -193,13 +244,21 @@ def execute_proposals(spec: RunSpec) -> dict:
             return rec
     cfg = load_run_config(spec.config_file, spec.opts)
     files = {d: proposal_file(spec.run_dir, d) for d in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)}
+    weights = os.path.join(spec.run_dir, "model_final.pth")
+    if not os.path.isfile(weights):
+        # not written: run.json stays "done" with its pinned digests, so a retry fails the same way
+        return {**rec, "status": "failed", "error": (
+            f"dumping proposals failed: {weights} is gone (the RPN is done, but a published folder keeps no "
+            f"checkpoints) and so are the proposal files {sorted(files.values())}: restore those files (the "
+            "published docs/results/<suite>/proposals*/ holds them) or sweep into a new folder")}
     cmd = [sys.executable, "-m", "fpn_variants.proposals", "--config-file", spec.config_file, "--output-dir",
-           spec.run_dir, *spec.opts, "MODEL.WEIGHTS", os.path.join(spec.run_dir, "model_final.pth")]
+           spec.run_dir, *spec.opts, "MODEL.WEIGHTS", weights]
     rc, tail = _run_logged(cmd, spec.run_dir)
     if rc != 0 or not all(os.path.isfile(p) for p in files.values()):
         rec.update(_failure(rc, tail))
         rec["error"] = "dumping proposals failed: " + rec["error"]
     else:
-        rec.update(proposal_files=files, dump_command=shlex.join(cmd))
+        rec.update(proposal_files={d: os.path.basename(p) for d, p in files.items()},
+                   proposal_sha256={d: sha256_file(p) for d, p in files.items()}, dump_command=shlex.join(cmd))
     SweepFolder.write_record(spec.run_dir, rec)
     return rec

@@ -45,7 +45,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .folder import SweepFolder, load_run_config, resolve_config
 from .records import last_iteration
-from .runner import PROPOSAL_METRICS, RunSpec, execute_proposals, execute_run, failed_record, proposals_done
+from .runner import (PROPOSAL_METRICS, RunSpec, execute_proposals, execute_run, failed_record, proposals_done,
+                     verify_proposals)
 from .suites import Suite, get_suite
 
 __all__ = ["EXECUTORS", "plan_runs", "proposals_spec", "run_sweep", "load_suite", "cli"]
@@ -251,11 +252,12 @@ def _proposals_stage(ex, folder: SweepFolder, suite: Suite, specs: List[RunSpec]
     stage unstarted: ``([], [None] * len(specs))``."""
     prop = proposals_spec(suite, folder.path, opts, threads, num_gpus, keep_checkpoints, fold)
     desc = f"{suite.name} proposals" + ("" if fold is None else f" fold {fold}")
-    (rec,) = _drive(ex, [prop], execute_proposals, proposals_done, 1, desc, poll_s, deadline)
+    (rec,) = _drive(ex, [prop], execute_proposals, lambda r: proposals_done(r, prop.run_dir), 1, desc, poll_s, deadline)
     if rec is None:
         return [], [None] * len(specs)
-    if proposals_done(rec):
-        return [sp.with_proposals(rec["proposal_files"]) for sp in specs], []
+    if proposals_done(rec, prop.run_dir):
+        files = verify_proposals(rec, prop.run_dir)  # ValueError: not the files the runs done so far read
+        return [sp.with_proposals(files) for sp in specs], []
     why = RuntimeError(f"not run: the proposals stage ({prop.run_dir}) failed: {rec.get('error')}")
     records = [SweepFolder.read_record(sp.run_dir) for sp in specs]
     return [], [r if _run_done(r) else failed_record(sp, why) for sp, r in zip(specs, records)]
