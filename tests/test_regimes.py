@@ -84,8 +84,10 @@ def test_regimes_report_puts_both_regimes_beside_the_paper(tmp_path):
     # each unresolved pair (scratch (c) vs (f); pretrained (a) vs (e): +0.3 within 0.6), 3 seeds each, gets the
     # command that adds seeds to its rows only
     assert [s["rows"] for s in t1["next_runs"]["pretrained"]] == [["a_C4", "e_top_down"]]
-    assert (f"- from scratch (R-18), seeds for (c), (f): `python -m fpn_variants.sweep table1-neon --seeds {MAX_SEEDS} "
-            f"--rows c_fpn f_p2_only --output {results}/table1-neon`") in md
+    assert (f"- from scratch (R-18), seeds for (c), (f): `mkdir -p output/sweeps/table1-neon && cp -rn {results}/table1-neon/. "
+            f"output/sweeps/table1-neon/ && python -m fpn_variants.sweep table1-neon --seeds {MAX_SEEDS} "
+            f"--rows c_fpn f_p2_only --output output/sweeps/table1-neon && python -m fpn_variants.report "
+            f"output/sweeps/table1-neon --publish {results}/table1-neon`") in md
     assert json.load(open(paths["regimes.json"]))["tables"]["table1"]["pairs"][0]["regimes"]["scratch"]["n"] == 3
     assert os.path.getsize(paths["regimes.png"]) > 20000
 
@@ -112,15 +114,22 @@ def test_next_runs_add_seeds_up_to_the_maximum_then_the_other_folds():
     """Issue 16's order: a pair within the spread gets seeds up to MAX_SEEDS, then the data's other folds;
     a suite without folds has nothing more to run."""
     pairs = [("c_fpn", "d_bottom_up", 3), ("c_fpn", "f_p2_only", MAX_SEEDS), ("d_bottom_up", "f_p2_only", 3)]
-    steps = next_runs("table1-neon", "out/t1", pairs, folds=range(4), default_fold=3)
+    steps = next_runs("table1-neon", "output/sweeps/table1-neon", pairs, folds=range(4), default_fold=3)
     assert steps == [
         dict(step="seeds", rows=["c_fpn", "d_bottom_up", "f_p2_only"],
              command=f"python -m fpn_variants.sweep table1-neon --seeds {MAX_SEEDS} --rows c_fpn d_bottom_up f_p2_only "
-                     "--output out/t1"),
+                     "--output output/sweeps/table1-neon"),
         dict(step="folds", rows=["c_fpn", "f_p2_only"],
              command=f"python -m fpn_variants.sweep table1-neon --folds 0 1 2 --seeds {MAX_SEEDS} --rows c_fpn f_p2_only "
-                     "--output out/t1"),
+                     "--output output/sweeps/table1-neon"),
     ]
+    # runs read from a committed folder: resumed from a no-clobber copy in the sweep folder, published back
+    [seeds] = next_runs("table1-neon", "docs/results/table1-neon", pairs[:1], folds=range(4), default_fold=3)
+    assert seeds["command"] == (
+        "mkdir -p output/sweeps/table1-neon && cp -rn docs/results/table1-neon/. output/sweeps/table1-neon/ && "
+        f"python -m fpn_variants.sweep table1-neon --seeds {MAX_SEEDS} --rows c_fpn d_bottom_up "
+        "--output output/sweeps/table1-neon && "
+        "python -m fpn_variants.report output/sweeps/table1-neon --publish docs/results/table1-neon")
     assert next_runs("table1", "out/coco", [("c_fpn", "d_bottom_up", MAX_SEEDS)]) == [
         dict(step="folds", rows=["c_fpn", "d_bottom_up"], command=None)]
     assert next_runs("table1-neon", "out/t1", []) == []

@@ -27,7 +27,12 @@ where |mean| <= std (within the seeds' spread) or fewer than 2 paired runs; "not
 region folds): per table and regime, the rows of every unresolved pair; while a pair has fewer than
 ``MAX_SEEDS`` paired runs, the sweep command that adds seeds to those rows only (``--seeds MAX_SEEDS
 --rows ...``); once it has them, the command that adds the suite's other folds for those rows
-(``--folds ... --rows ...``). The report lists these as the next runs; nothing is run.
+(``--folds ... --rows ...``). The report lists these as the next runs; nothing is run. The command
+sweeps into the sweep's own folder ``output/sweeps/<suite>``; where the runs were read from a committed
+result folder (``docs/results/<suite>``), it first copies that folder there without overwriting
+(``cp -rn``: finished runs and a Fast R-CNN suite's proposals are resumed, not redone) and ends by
+publishing the report back (``report --publish``), so that no log or checkpoint lands in the
+committed folder.
 
 **The gap test** (Lin et al. §5.1: "the semantic gap" between levels, closed by the top-down pathway
 and the lateral connections): the gain of FPN (c) over the bottom-up pyramid (d) and over the top-down
@@ -107,13 +112,16 @@ def pair_verdict(d: dict) -> str:
 def next_runs(suite_name: str, folder: str, pairs: List[Tuple[str, str, int]], folds: Sequence[int] = (),
               default_fold: Optional[int] = None) -> List[dict]:
     """The sweep commands that would resolve the unresolved ``pairs`` (``(row a, row b, paired runs)``)
-    of suite ``suite_name`` whose runs are in ``folder`` (a sweep folder, or a committed result folder:
-    the sweep resumes from either): ``{step: "seeds" | "folds", rows, command}``, at most one of each step.
+    of suite ``suite_name`` whose runs are in ``folder`` (the sweep folder ``output/sweeps/<suite>``, or a
+    committed result folder, which the command copies there first and publishes back to at the end):
+    ``{step: "seeds" | "folds", rows, command}``, at most one of each step.
     Pairs with fewer than :data:`MAX_SEEDS` paired runs need seeds (``--seeds MAX_SEEDS --rows ...``);
     the others need the suite's ``folds`` other than ``default_fold`` (``--folds ... --seeds
     MAX_SEEDS --rows ...``), or nothing more can be run when the suite has no folds."""
     out = []
-    output = f"--output {folder}"
+    sweep_dir = f"output/sweeps/{suite_name}"
+    committed = os.path.normpath(folder) != sweep_dir
+    output = f"--output {sweep_dir}"
     for step, wanted in (("seeds", [p for p in pairs if p[2] < MAX_SEEDS]),
                          ("folds", [p for p in pairs if p[2] >= MAX_SEEDS])):
         rows = sorted({k for a, b, _ in wanted for k in (a, b)})
@@ -128,6 +136,9 @@ def next_runs(suite_name: str, folder: str, pairs: List[Tuple[str, str, int]], f
                 continue
             cmd = (f"python -m fpn_variants.sweep {suite_name} --folds {' '.join(map(str, other))} --seeds {MAX_SEEDS} "
                    f"--rows {' '.join(rows)} {output}")
+        if committed:
+            cmd = (f"mkdir -p {sweep_dir} && cp -rn {folder}/. {sweep_dir}/ && {cmd} && "
+                   f"python -m fpn_variants.report {sweep_dir} --publish {folder}")
         out.append(dict(step=step, rows=rows, command=cmd))
     return out
 
