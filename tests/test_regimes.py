@@ -1,6 +1,7 @@
 """The two-regime report (issue 16): the paper's tables from scratch and pretrained side by side, each
 pair the paper orders judged per regime against the seeds' spread, and the gap test."""
 import json
+import math
 import os
 
 import pytest
@@ -63,12 +64,14 @@ def test_regimes_report_puts_both_regimes_beside_the_paper(tmp_path):
     assert cd["regimes"]["pretrained"]["diff"] == pytest.approx(19 / 3) and cd["regimes"]["pretrained"]["verdict"] == "agrees"
     assert pairs["c_fpn", "f_p2_only"]["regimes"]["scratch"]["verdict"] == "unresolved"  # +0.23 within 0.29
     assert t1["regimes"]["pretrained"]["kendall_tau"]["AR1k"] > t1["regimes"]["scratch"]["kendall_tau"]["AR1k"]
-    assert data["tables"]["table2"]["regimes"] == {"scratch": None, "pretrained": None}
+    assert data["tables"]["table2"]["regimes"] == {"scratch": None, "pretrained": None, "control": None}
     gap = next(g for g in data["gaps"] if (g["table"], g["b"], g["metric"]) == ("table1", "d_bottom_up", "AR1k"))
     assert gap["paper"] == pytest.approx(6.8)
-    assert gap["widening"]["diff"] == pytest.approx(19 / 3 + 4 / 3) and gap["widening"]["verdict"] == "wider"
+    recipe = gap["widening"]["recipe"]
+    assert recipe["diff"] == pytest.approx(19 / 3 + 4 / 3) and recipe["verdict"] == "wider"
+    assert gap["widening"]["weights"]["verdict"] == "not run"  # no control runs
     t2gap = next(g for g in data["gaps"] if g["table"] == "table2")
-    assert t2gap["widening"]["verdict"] == "not run"
+    assert t2gap["widening"] == {k: dict(diff=None, spread=None, verdict="not run") for k in ("recipe", "weights")}
 
     out = str(tmp_path / "regimes")
     os.makedirs(out)
@@ -76,9 +79,11 @@ def test_regimes_report_puts_both_regimes_beside_the_paper(tmp_path):
         f.write("What the runs show.")
     paths = write_regimes(results, out, "python -m fpn_variants.experiments.regimes --results R")
     md = open(paths["report.md"]).read()
-    assert "| (c) > (d) | +6.8 | -1.3 ± 0.6 (3) disagrees | +6.3 ± 0.6 (3) agrees |" in md
-    assert "| (c) FPN {P2..P6} | 44.0 / 48.0 ± 1.0 (3) / 59.3 ± 0.6 (3) | 56.3 / 49.0 ± 1.0 (3) / 60.3 ± 0.6 (3) |" in md
-    assert "| table2 | (c) - (d) | AP | +9.0 | not run | not run | not run |" in md
+    assert "| (c) > (d) | +6.8 | -1.3 ± 0.6 (3) disagrees | +6.3 ± 0.6 (3) agrees | not run |" in md
+    assert ("| (c) FPN {P2..P6} | 44.0 / 48.0 ± 1.0 (3) / 59.3 ± 0.6 (3) / not run | "
+            "56.3 / 49.0 ± 1.0 (3) / 60.3 ± 0.6 (3) / not run |") in md
+    assert "| table2 | (c) - (d) | AP | +9.0 | not run | not run | not run | not run | not run |" in md
+    assert "- Lite2 from scratch (control): no such suite (this regime is Table 1 only)" in md
     assert "+7.7 ± 0.8: wider" in md and "## Discussion\n\nWhat the runs show." in md
     # the one unresolved pair (scratch (c) vs (f), 3 seeds) gets the command that adds seeds to its rows only
     # each unresolved pair (scratch (c) vs (f); pretrained (a) vs (e): +0.3 within 0.6), 3 seeds each, gets the
@@ -133,3 +138,33 @@ def test_next_runs_add_seeds_up_to_the_maximum_then_the_other_folds():
     assert next_runs("table1", "out/coco", [("c_fpn", "d_bottom_up", MAX_SEEDS)]) == [
         dict(step="folds", rows=["c_fpn", "d_bottom_up"], command=None)]
     assert next_runs("table1-neon", "out/t1", []) == []
+
+
+def test_the_control_regime_separates_the_weights_from_the_recipe(tmp_path):
+    """The gap test's control (Lite2 from scratch, the pretrained recipe): pretrained gap minus the
+    control's is what the ImageNet weights alone do, beside pretrained minus the R-18 scratch regime."""
+    from fpn_variants.experiments.suites import LITE2_FROM_SCRATCH, PRETRAINED_BOTTOM_UP
+
+    control = get_suite("table1-neon-lite2-scratch")
+    assert [(r.key, r.config) for r in control.rows] == [(r.key, r.config) for r in get_suite("table1-neon").rows]
+    changed = {k: v for k, v, p in zip(LITE2_FROM_SCRATCH[::2], LITE2_FROM_SCRATCH[1::2], PRETRAINED_BOTTOM_UP[1::2])
+               if v != p}
+    assert control.opts == LITE2_FROM_SCRATCH and LITE2_FROM_SCRATCH[::2] == PRETRAINED_BOTTOM_UP[::2]
+    assert changed == {"FPN_VARIANTS.TIMM.WEIGHTS": "", "FPN_VARIANTS.TIMM.NORM": "BN", "MODEL.BACKBONE.FREEZE_AT": "0"}
+
+    results = str(tmp_path / "results")
+    fake_sweep(results, "table1-neon", {"c_fpn": [49, 50, 48], "d_bottom_up": [50, 51, 50]})  # gap -4/3
+    fake_sweep(results, "table1-neon-pretrained", {"c_fpn": [60, 61, 60], "d_bottom_up": [53, 55, 54]})  # +19/3
+    fake_sweep(results, "table1-neon-lite2-scratch", {"c_fpn": [45, 46, 44], "d_bottom_up": [39.5, 40, 38]})  # +5.8 ± 0.3
+    data = build(results)
+    gap = next(g for g in data["gaps"] if (g["table"], g["b"], g["metric"]) == ("table1", "d_bottom_up", "AR1k"))
+    assert gap["regimes"]["control"] == pytest.approx(dict(diff=35 / 6, std=math.sqrt(1 / 12), n=3))
+    weights = gap["widening"]["weights"]
+    assert weights["diff"] == pytest.approx(19 / 3 - 35 / 6)  # +0.5: the weights add little beyond the recipe
+    assert weights["spread"] == pytest.approx(math.sqrt(1 / 12 + gap["regimes"]["pretrained"]["std"] ** 2))
+    assert weights["verdict"] == "within the spread" and gap["widening"]["recipe"]["verdict"] == "wider"
+    assert data["tables"]["table1"]["regimes"]["control"]["folder"] == "table1-neon-lite2-scratch"
+    paths = write_regimes(results, str(tmp_path / "regimes"), "python -m fpn_variants.experiments.regimes --results R")
+    md = open(paths["report.md"]).read()
+    assert "| table1 | (c) - (d) | AR1k | +6.8 | -1.3 ± 0.6 (3) | +6.3 ± 0.6 (3) | +5.8 ± 0.3 (3) | " in md
+    assert "+0.5 ± 0.6: within the spread |" in md

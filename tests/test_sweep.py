@@ -628,6 +628,30 @@ def test_every_pretrained_table_row_builds_on_the_pretrained_bottom_up(table):
             assert any(v.shape == w.shape and torch.equal(w, v) for v in ref), config_file
 
 
+def test_the_control_regime_trains_lite2_from_its_random_init():
+    """issue 16's gap-test control: the pretrained recipe without the ImageNet weights; Lite2's BN layers
+    are ordinary trainable BN and no stage is frozen (a frozen BN of a random init normalises nothing)."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from fpn_variants.config import load_config
+    from fpn_variants.experiments.suites import LITE2_FROM_SCRATCH
+    from fpn_variants.modeling.timm_backbone import TimmBottomUp, create_timm_classifier
+
+    suite = get_suite("table1-neon-lite2-scratch")
+    assert suite.opts == LITE2_FROM_SCRATCH and suite.folds == 4
+    row = next(r for r in suite.rows if r.key == "c_fpn")
+    cfg = load_config(os.path.join(config_root(), row.config), list(suite.opts))
+    cfg.MODEL.DEVICE = "cpu"
+    bottom_up = next(m for m in build_model(cfg).backbone.modules() if isinstance(m, TimmBottomUp))
+    ref = [v for v in create_timm_classifier("tf_efficientnet_lite2", "package").state_dict().values() if v.ndim == 4]
+    convs = [v for v in bottom_up.state_dict().values() if v.ndim == 4]
+    assert not any(w.shape == r.shape and torch.equal(w, r) for w in convs for r in ref)  # no ImageNet weights
+    assert all(p.requires_grad for p in bottom_up.parameters())  # FREEZE_AT 0: the stem trains too
+    bns = [m for m in bottom_up.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.weight.requires_grad and m.track_running_stats for m in bns)
+
+
 def test_the_pretrained_regime_is_the_pretrained_demo_recipe():
     """PRETRAINED_BOTTOM_UP over the scratch base gives every key the value of the pretrained demo recipe
     (configs/NEON/faster_rcnn_lite2_FPN_cpu.yaml), so the two cannot drift apart."""

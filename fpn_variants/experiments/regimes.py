@@ -1,4 +1,5 @@
-"""The paper's three tables in two regimes side by side: from scratch and ImageNet-pretrained (issue 16).
+"""The paper's three tables in two regimes side by side: from scratch and ImageNet-pretrained (issue 16),
+with a control regime for the gap test: the pretrained recipe without the ImageNet weights.
 
 Usage::
 
@@ -6,13 +7,14 @@ Usage::
     python -m fpn_variants.experiments.regimes --results output/sweeps --output output/regimes
 
 Reads the result folders of the table suites (``<results>/table{1,2,3}-neon`` from scratch,
-``<results>/table{1,2,3}-neon-pretrained``; sweep folders or committed result folders, through
+``<results>/table{1,2,3}-neon-pretrained``, the control ``<results>/table1-neon-lite2-scratch``; sweep
+folders or committed result folders, through
 :func:`fpn_variants.experiments.report.collect`), measures nothing, and writes, each atomically:
 
 * ``regimes.json`` — per table, regime and row: mean / std / runs of every metric; per table and
   regime: Kendall tau of the rows' order against the paper's, per metric; every pair of rows the paper
   orders, with each regime's verdict; the gap test (below);
-* ``report.md`` — for every table, row and metric: paper | from scratch | pretrained; the taus; the
+* ``report.md`` — for every table, row and metric: paper | from scratch | pretrained | control; the taus; the
   pair verdicts; the gap test; then ``discussion.md`` of the output folder, if there is one;
 * ``regimes.png`` — the headline metric of every row per regime (mean, error bar = std, dots = runs)
   with the paper's value, and the gap test's differences.
@@ -37,8 +39,10 @@ committed folder.
 **The gap test** (Lin et al. §5.1: "the semantic gap" between levels, closed by the top-down pathway
 and the lateral connections): the gain of FPN (c) over the bottom-up pyramid (d) and over the top-down
 pyramid without laterals (e), in Table 1's AR1k and AR1k_s and Table 2's AP and AP_s, per regime; and
-whether pretraining widens it: the pretrained gap minus the scratch gap, with spread
-sqrt(std_scratch^2 + std_pretrained^2), "wider" / "narrower" beyond it, "within the spread" inside.
+whether pretraining widens it (:data:`WIDENINGS`): the pretrained gap minus the from-scratch (R-18) gap —
+the pretrained recipe as a whole: weights, bottom-up network, normalisation and optimiser settings — and
+the pretrained gap minus the control's (Lite2 from scratch, the same recipe: the ImageNet weights alone);
+each with spread sqrt(std_1^2 + std_2^2), "wider" / "narrower" beyond it, "within the spread" inside.
 """
 from __future__ import annotations
 
@@ -52,15 +56,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .folder import SweepFolder
 from .report import collect, ranking_agreement, summarize
-from .suites import get_suite
+from .suites import SUITES, get_suite
 
-__all__ = ["REGIMES", "TABLES", "GAPS", "MAX_SEEDS", "paired_difference", "pair_verdict", "next_runs", "build",
+__all__ = ["REGIMES", "TABLES", "GAPS", "WIDENINGS", "MAX_SEEDS", "paired_difference", "pair_verdict", "next_runs", "build",
            "write_regimes", "cli"]
 
 # (key, label, suite-name suffix)
 REGIMES: Tuple[Tuple[str, str, str], ...] = (
     ("scratch", "from scratch (R-18)", "-neon"),
     ("pretrained", "ImageNet-pretrained (Lite2)", "-neon-pretrained"),
+    ("control", "Lite2 from scratch (control)", "-neon-lite2-scratch"),
 )
 TABLES = ("table1", "table2", "table3")
 # seeds per row before a pair within the seeds' spread is called unresolved and the data's folds are next
@@ -71,6 +76,11 @@ GAPS: Tuple[Tuple[str, str, str, Tuple[str, ...]], ...] = (
     ("table1", "c_fpn", "e_top_down", ("AR1k", "AR1k_s")),
     ("table2", "c_fpn", "d_bottom_up", ("AP", "AP_s")),
     ("table2", "c_fpn", "e_top_down", ("AP", "AP_s")),
+)
+# (key, regime, minus regime, what the difference of their gaps measures)
+WIDENINGS: Tuple[Tuple[str, str, str, str], ...] = (
+    ("recipe", "pretrained", "scratch", "the pretrained recipe as a whole (weights, network, normalisation, optimiser)"),
+    ("weights", "pretrained", "control", "the ImageNet weights alone (the same recipe from random init)"),
 )
 
 
@@ -194,9 +204,10 @@ def build(results: str) -> dict:
         for key, _, sfx in REGIMES:
             open_pairs = [(p["higher"], p["lower"], p["regimes"][key]["n"]) for p in t["pairs"]
                           if p["regimes"][key]["verdict"] == "unresolved"]
-            s, data = get_suite(table + sfx), loaded[table, key]
-            t["next_runs"][key] = (next_runs(s.name, data["path"], open_pairs, range(s.folds), s.default_fold)
-                                   if open_pairs else [])
+            t["next_runs"][key] = []
+            if open_pairs:  # a regime with runs has its suite
+                s, data = get_suite(table + sfx), loaded[table, key]
+                t["next_runs"][key] = next_runs(s.name, data["path"], open_pairs, range(s.folds), s.default_fold)
         out["tables"][table] = t
     for table, a, b, metrics in GAPS:
         suite = get_suite(table + REGIMES[0][2])
@@ -208,18 +219,21 @@ def build(results: str) -> dict:
                 data = loaded[table, key]
                 g["regimes"][key] = (paired_difference(data["runs"].get(a, []), data["runs"].get(b, []), m) if data
                                      else dict(diff=None, std=None, n=0))
-            s, p = g["regimes"]["scratch"], g["regimes"]["pretrained"]
-            if s["diff"] is None or p["diff"] is None:
-                g["widening"] = dict(diff=None, spread=None, verdict="not run")
-            else:
-                spread = (math.sqrt(s["std"] ** 2 + p["std"] ** 2) if s["std"] is not None and p["std"] is not None
-                          else None)
-                w = p["diff"] - s["diff"]
-                verdict = ("within the spread" if spread is None or abs(w) <= spread
-                           else "wider" if w > 0 else "narrower")
-                g["widening"] = dict(diff=w, spread=spread, verdict=verdict)
+            g["widening"] = {key: _widening(g["regimes"][hi], g["regimes"][lo]) for key, hi, lo, _ in WIDENINGS}
             out["gaps"].append(g)
     return out
+
+
+def _widening(p: dict, s: dict) -> dict:
+    """``{diff, spread, verdict}``: gap ``p`` minus gap ``s`` (paired differences), spread
+    sqrt(std_p^2 + std_s^2); "wider" / "narrower" beyond it, "within the spread" inside or without a
+    spread, "not run" where either gap is."""
+    if s["diff"] is None or p["diff"] is None:
+        return dict(diff=None, spread=None, verdict="not run")
+    spread = math.sqrt(s["std"] ** 2 + p["std"] ** 2) if s["std"] is not None and p["std"] is not None else None
+    w = p["diff"] - s["diff"]
+    verdict = "within the spread" if spread is None or abs(w) <= spread else "wider" if w > 0 else "narrower"
+    return dict(diff=w, spread=spread, verdict=verdict)
 
 
 def _proposals_note(path: str, col: dict) -> str:
@@ -248,7 +262,7 @@ def _cell(mean, std, n, sign=False):
 
 def _render(data: dict, discussion: str, command: str) -> str:
     regimes = data["regimes"]
-    L = ["# The paper's tables in two regimes: from scratch and ImageNet-pretrained", "",
+    L = ["# The paper's tables in two regimes: from scratch and ImageNet-pretrained (and a control)", "",
          "Lin et al., FPN, CVPR 2017, Tables 1-3 (COCO, ImageNet-pretrained R-50) beside this project's NEON "
          "ablations: " + "; ".join(f"**{r['label']}** = the `*{r['suffix']}` suites" for r in regimes) + ". "
          "Generated by `fpn_variants.experiments.regimes` from the committed result folders; nothing here is "
@@ -259,10 +273,11 @@ def _render(data: dict, discussion: str, command: str) -> str:
         L += [f"## {t['source']}: {t['title']}", ""]
         for r in regimes:
             info = t["regimes"][r["key"]]
-            where = f"`{info['folder']}`" if info else "not run yet"
+            where = (f"`{info['folder']}`" if info else "not run yet" if table + r["suffix"] in SUITES
+                     else "no such suite (this regime is Table 1 only)")
             L.append(f"- {r['label']}: {where}" + (f"; proposals: {info['proposals']}" if info and info["proposals"] else ""))
         L.append("")
-        head = " | ".join(f"{m}: paper / scratch / pretrained" for m in t["metrics"])
+        head = " | ".join(f"{m}: paper / " + " / ".join(r["key"] for r in regimes) for m in t["metrics"])
         L += [f"| row | {head} |", "|---|" + "---|" * len(t["metrics"])]
         for row in t["rows"]:
             cells = []
@@ -306,17 +321,19 @@ def _render(data: dict, discussion: str, command: str) -> str:
             L.append("")
     L += ["## The gap test: does pretraining open the gap the paper reports?", "",
           "The gain of FPN (c) over the bottom-up pyramid (d) — the top-down pathway's worth — and over the "
-          "top-down pyramid without lateral connections (e), paired by run; 'widening' = pretrained gap - scratch "
-          "gap, beyond or within sqrt(std_scratch^2 + std_pretrained^2).", "",
-          "| table | gain | metric | paper | " + " | ".join(r["label"] for r in regimes) + " | widening |",
-          "|---|---|---|---|" + "---|" * len(regimes) + "---|"]
+          "top-down pyramid without lateral connections (e), paired by run. 'widening': one regime's gap minus "
+          "another's, beyond or within sqrt(std_1^2 + std_2^2): "
+          + "; ".join(f"**{k}** = {hi} - {lo}, {what}" for k, hi, lo, what in WIDENINGS) + ".", "",
+          "| table | gain | metric | paper | " + " | ".join(r["label"] for r in regimes) + " | "
+          + " | ".join(f"widening: {k}" for k, *_ in WIDENINGS) + " |",
+          "|---|---|---|---|" + "---|" * (len(regimes) + len(WIDENINGS))]
     for g in data["gaps"]:
         labels = {row["key"]: row["label"].split(" ")[0] for row in data["tables"][g["table"]]["rows"]}
         cells = [_cell(d["diff"], d["std"], d["n"], sign=True) for d in (g["regimes"][r["key"]] for r in regimes)]
-        w = g["widening"]
-        wc = "not run" if w["diff"] is None else f"{_f(w['diff'], sign=True)} ± {_f(w['spread'])}: {w['verdict']}"
+        wc = ["not run" if w["diff"] is None else f"{_f(w['diff'], sign=True)} ± {_f(w['spread'])}: {w['verdict']}"
+              for w in (g["widening"][k] for k, *_ in WIDENINGS)]
         L.append(f"| {g['table']} | {labels[g['a']]} - {labels[g['b']]} | {g['metric']} | {_f(g['paper'], sign=True)} | "
-                 + " | ".join(cells) + f" | {wc} |")
+                 + " | ".join(cells + wc) + " |")
     L += ["", "A difference is paired by run (same seed; same fold where a sweep has folds): its std is that of one "
           "run's difference, the seeds' spread. 'unresolved': |mean| within that spread or fewer than 2 paired runs.",
           ""]
@@ -332,13 +349,15 @@ def _plot(path: str, data: dict) -> None:
     import matplotlib.pyplot as plt
 
     regimes = data["regimes"]
-    colours = {"scratch": "#7aa6c2", "pretrained": "#e0a45a"}
+    colours = {"scratch": "#7aa6c2", "pretrained": "#e0a45a", "control": "#9c9c9c"}
     fig, axes = plt.subplots(1, len(data["tables"]) + 1, figsize=(19, 5.4), layout="constrained")
     for ax, (table, t) in zip(axes, data["tables"].items()):
         h, rows = t["headline"], t["rows"]
         width = 0.8 / len(regimes)
         for j, r in enumerate(regimes):
             info = t["regimes"][r["key"]]
+            if info is None and table + r["suffix"] not in SUITES:
+                continue
             xs = [i + (j - (len(regimes) - 1) / 2) * width for i in range(len(rows))]
             means = [(info["rows"][row["key"]]["mean"].get(h) if info else None) for row in rows]
             stds = [(info["rows"][row["key"]]["std"].get(h) if info else None) or 0.0 for row in rows]
@@ -397,7 +416,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fpn_variants.experiments.regimes",
                                 description="The paper's tables from scratch and pretrained, side by side.")
     p.add_argument("--results", default=os.path.join("docs", "results"),
-                   help="folder holding table{1,2,3}-neon[-pretrained] (default docs/results)")
+                   help="folder holding table{1,2,3}-neon[-pretrained] and table1-neon-lite2-scratch (default docs/results)")
     p.add_argument("--output", help="where to write (default RESULTS/regimes)")
     a = p.parse_args(argv)
     if not os.path.isdir(a.results):
