@@ -168,3 +168,18 @@ def test_the_control_regime_separates_the_weights_from_the_recipe(tmp_path):
     md = open(paths["report.md"]).read()
     assert "| table1 | (c) - (d) | AR1k | +6.8 | -1.3 ± 0.6 (3) | +6.3 ± 0.6 (3) | +5.8 ± 0.3 (3) | " in md
     assert "+0.5 ± 0.6: within the spread |" in md
+
+
+def test_the_report_names_the_rpn_behind_table2s_proposals_and_its_ar(tmp_path):
+    """issue 16, item 4: every Table 2 row reads the regime's Table 1(c) RPN's dumped proposals; the
+    report says which RPN made them and its AR100 / AR1k (from the proposals stage's run record)."""
+    results = str(tmp_path / "results")
+    fake_sweep(results, "table2-neon-pretrained", {"c_fpn": [14, 15, 16], "d_bottom_up": [6, 7, 6]})
+    prop = SweepFolder(os.path.join(results, "table2-neon-pretrained")).proposals_dir
+    os.makedirs(prop)
+    SweepFolder.write_record(prop, dict(row="proposals", seed=0, status="done", seconds=1.0, error=None,
+                                        metrics={"box_proposals/AR@100": 30.1, "box_proposals/AR@1000": 49.2}))
+    t2 = build(results)["tables"]["table2"]
+    assert t2["regimes"]["pretrained"]["proposals"] == (
+        "NEON/rpn_c_fpn.yaml with the suite's overrides, seed 0 (the regime's Table 1(c) RPN): AR100 30.1 / AR1k 49.2")
+    assert t2["regimes"]["scratch"] is None

@@ -242,8 +242,10 @@ def _proposals_note(path: str, col: dict) -> str:
     if not suite.proposals:
         return ""
     rec = SweepFolder.read_record(SweepFolder(path).proposals_dir) or {}
-    ar = (rec.get("metrics") or {}).get("box_proposals/AR@1000")
-    got = f"AR1k {ar:.1f}" if ar is not None else "its record is not in the folder"
+    m = rec.get("metrics") or {}
+    ars = [f"{name} {m[k]:.1f}" for name, k in (("AR100", "box_proposals/AR@100"), ("AR1k", "box_proposals/AR@1000"))
+           if m.get(k) is not None]
+    got = " / ".join(ars) if ars else "its record is not in the folder"
     return f"{suite.proposals} with the suite's overrides, seed 0 (the regime's Table 1(c) RPN): {got}"
 
 
