@@ -293,11 +293,13 @@ _PRETRAINED_NOTE = (
 # regime is the pretrained recipe with the weights left out: Lite2 from its random init, so its BN layers
 # train (BN, nothing frozen; frozen BN of a random init would be no normalisation at all). Pretrained minus
 # this regime is the ImageNet weights' own effect; Table 1 only (the gap test's AR1k / AR1k_s).
-LITE2_FROM_SCRATCH = tuple(
-    v for k, val in zip(PRETRAINED_BOTTOM_UP[::2], PRETRAINED_BOTTOM_UP[1::2])
-    for v in (k, {"FPN_VARIANTS.TIMM.WEIGHTS": "", "FPN_VARIANTS.TIMM.NORM": "BN",
-                  "MODEL.BACKBONE.FREEZE_AT": "0"}.get(k, val))
-)
+def _with_values(opts: Tuple[str, ...], values: Dict[str, str]) -> Tuple[str, ...]:
+    """``opts`` (KEY VALUE ...) with the value of every key in ``values`` replaced, order kept."""
+    return tuple(x for k, v in zip(opts[::2], opts[1::2]) for x in (k, values.get(k, v)))
+
+
+LITE2_FROM_SCRATCH = _with_values(PRETRAINED_BOTTOM_UP, {
+    "FPN_VARIANTS.TIMM.WEIGHTS": "", "FPN_VARIANTS.TIMM.NORM": "BN", "MODEL.BACKBONE.FREEZE_AT": "0"})
 
 _LITE2_SCRATCH_NOTE = (
     "NEON tree crowns, the recipe of the -neon-pretrained suites (Lite2 bottom-up, RGB (x - 127) / 128, GN in "
