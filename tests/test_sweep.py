@@ -728,3 +728,21 @@ def test_a_fast_rcnn_suite_dumps_proposals_per_fold():
         spec.with_proposals({"neon_trees_train": "a.pkl", "neon_trees_val": "b.pkl"})
     read = spec.with_proposals({"neon_trees_train_f1": "a.pkl", "neon_trees_val_f1": "b.pkl"})
     assert read.proposal_files == (("a.pkl",), ("b.pkl",))
+
+
+def test_the_cost_of_a_fast_rcnn_row_is_measured_on_random_proposals():
+    """Table 2's rows read proposals from their input (no RPN): the cost measurement gives them
+    PRECOMPUTED_PROPOSAL_TOPK_TEST random boxes, so the RoI head's cost grows with that number."""
+    from fpn_variants.config import load_config
+    from fpn_variants.experiments.costs import _random_proposals, model_cost
+
+    import torch
+
+    row = next(r for r in get_suite("table2-neon").rows if r.key == "c_fpn")
+    cost = {n: model_cost(load_config(os.path.join(config_root(), row.config),
+                                      ["DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST", str(n)])) for n in (100, 1000)}
+    assert cost[100]["params_m"] == cost[1000]["params_m"] > 1 and cost[100]["image"] == "200x200"
+    assert cost[1000]["gflops"] > cost[100]["gflops"] * 1.5 and cost[1000]["latency_s"] > 0
+    p = _random_proposals(200, 50, torch.Generator().manual_seed(0))
+    b = p.proposal_boxes.tensor
+    assert len(p) == 50 and (b[:, 2:] > b[:, :2]).all() and b.min() >= 0 and b.max() <= 200

@@ -67,6 +67,11 @@ def model_cost(cfg) -> dict:
 
     The RoI head runs on ``MODEL.RPN.POST_NMS_TOPK_TEST`` proposals whatever the weights, so random
     weights cost what trained ones do up to the final NMS; the backbone + pyramid part is exact.
+    A Fast R-CNN config (``MODEL.PROPOSAL_GENERATOR.NAME "PrecomputedProposals"``: no RPN, Table 2's
+    protocol) reads its proposals from the input: the image carries
+    ``DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST`` random boxes (seed 0, 8-64 px a side, inside the image)
+    in place of the dumped ones, and the cost is the backbone, pyramid and RoI head without the RPN that
+    made them.
     """
     import torch
     from detectron2.modeling import build_model
@@ -81,9 +86,27 @@ def model_cost(cfg) -> dict:
     g = torch.Generator().manual_seed(0)
     image = (torch.rand(3, size, size, generator=g) * 255).round()
     inputs = [{"image": image, "height": size, "width": size}]
+    if model.proposal_generator is None:  # Fast R-CNN on precomputed proposals
+        inputs[0]["proposals"] = _random_proposals(size, int(cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST), g)
     with torch.no_grad():
         gflops = count_gflops(model, inputs)
     with torch.inference_mode():
         times = time_round_robin({"model": lambda: model(inputs)})["model"]
     return dict(params_m=count_params_m(model), gflops=gflops, image=f"{size}x{size}",
                 latency_s=statistics.median(times), threads=torch.get_num_threads())
+
+
+def _random_proposals(size: int, n: int, generator):
+    """``n`` proposals in an ``size`` x ``size`` image as Detectron2's precomputed-proposal loader gives
+    them (``Instances`` with ``proposal_boxes`` and ``objectness_logits``): boxes 8-64 px a side
+    (clipped to 1..size), XYXY in pixels, logits in descending order."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    wh = torch.rand(n, 2, generator=generator) * 56 + 8
+    xy = torch.rand(n, 2, generator=generator) * (size - wh).clamp(min=1)
+    boxes = torch.cat([xy, xy + wh], dim=1).clamp(max=size)
+    out = Instances((size, size))
+    out.proposal_boxes = Boxes(boxes)
+    out.objectness_logits = torch.linspace(1.0, -1.0, n)
+    return out
