@@ -183,3 +183,11 @@ def test_the_report_names_the_rpn_behind_table2s_proposals_and_its_ar(tmp_path):
     assert t2["regimes"]["pretrained"]["proposals"] == (
         "NEON/rpn_c_fpn.yaml with the suite's overrides, seed 0 (the regime's Table 1(c) RPN): AR100 30.1 / AR1k 49.2")
     assert t2["regimes"]["scratch"] is None
+
+
+def test_a_widening_with_one_run_has_no_spread_yet():
+    from fpn_variants.experiments.regimes import _widening
+
+    assert _widening(dict(diff=7.4, std=1.0, n=3), dict(diff=-3.0, std=None, n=1)) == dict(
+        diff=pytest.approx(10.4), spread=None, verdict="no spread yet (1 run)")
+    assert _widening(dict(diff=1.0, std=1.0, n=3), dict(diff=0.5, std=1.0, n=3))["verdict"] == "within the spread"

@@ -226,13 +226,14 @@ def build(results: str) -> dict:
 
 def _widening(p: dict, s: dict) -> dict:
     """``{diff, spread, verdict}``: gap ``p`` minus gap ``s`` (paired differences), spread
-    sqrt(std_p^2 + std_s^2); "wider" / "narrower" beyond it, "within the spread" inside or without a
-    spread, "not run" where either gap is."""
+    sqrt(std_p^2 + std_s^2); "wider" / "narrower" beyond it, "within the spread" inside it, "no spread
+    yet (1 run)" where a gap has one paired run, "not run" where either gap is."""
     if s["diff"] is None or p["diff"] is None:
         return dict(diff=None, spread=None, verdict="not run")
     spread = math.sqrt(s["std"] ** 2 + p["std"] ** 2) if s["std"] is not None and p["std"] is not None else None
     w = p["diff"] - s["diff"]
-    verdict = "within the spread" if spread is None or abs(w) <= spread else "wider" if w > 0 else "narrower"
+    verdict = ("no spread yet (1 run)" if spread is None else "within the spread" if abs(w) <= spread
+               else "wider" if w > 0 else "narrower")
     return dict(diff=w, spread=spread, verdict=verdict)
 
 
@@ -246,7 +247,8 @@ def _proposals_note(path: str, col: dict) -> str:
     ars = [f"{name} {m[k]:.1f}" for name, k in (("AR100", "box_proposals/AR@100"), ("AR1k", "box_proposals/AR@1000"))
            if m.get(k) is not None]
     got = " / ".join(ars) if ars else "its record is not in the folder"
-    return f"{suite.proposals} with the suite's overrides, seed 0 (the regime's Table 1(c) RPN): {got}"
+    overrides = " with the suite's overrides" if suite.opts else ""
+    return f"{suite.proposals}{overrides}, seed 0 (the regime's Table 1(c) RPN): {got}"
 
 
 def _f(x, digits=1, sign=False):
