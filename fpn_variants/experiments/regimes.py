@@ -42,7 +42,8 @@ pyramid without laterals (e), in Table 1's AR1k and AR1k_s and Table 2's AP and 
 whether pretraining widens it (:data:`WIDENINGS`): the pretrained gap minus the from-scratch (R-18) gap —
 the pretrained recipe as a whole: weights, bottom-up network, normalisation and optimiser settings — and
 the pretrained gap minus the control's (Lite2 from scratch, the same recipe: the ImageNet weights alone);
-each with spread sqrt(std_1^2 + std_2^2), "wider" / "narrower" beyond it, "within the spread" inside.
+each with spread sqrt(std_1^2 + std_2^2), "wider" / "narrower" beyond it, "within the spread" inside, "no
+spread yet (1 run)" where a gap has a single paired run.
 """
 from __future__ import annotations
 
