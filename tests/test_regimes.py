@@ -191,3 +191,25 @@ def test_a_widening_with_one_run_has_no_spread_yet():
     assert _widening(dict(diff=7.4, std=1.0, n=3), dict(diff=-3.0, std=None, n=1)) == dict(
         diff=pytest.approx(10.4), spread=None, verdict="no spread yet (1 run)")
     assert _widening(dict(diff=1.0, std=1.0, n=3), dict(diff=0.5, std=1.0, n=3))["verdict"] == "within the spread"
+
+
+def test_readme_carries_the_committed_gap_table_verbatim():
+    """README's two-regime section shows the gap test as the generated report has it (issue 16, deliverable
+    3): every line of the committed report's gap table, header included, is a line of README.md, so a
+    re-rendered report with new runs fails this test until README is updated with it."""
+    from conftest import REPO
+
+    with open(os.path.join(REPO, "docs", "results", "regimes", "report.md")) as f:
+        report = f.read().splitlines()
+    start = report.index("## The gap test: does pretraining open the gap the paper reports?")
+    table = []
+    for line in report[start:]:
+        if line.startswith("|"):
+            table.append(line)
+        elif table:
+            break
+    assert len(table) >= 2 + 8, table  # header, rule and the 8 gaps (2 tables x 2 gains x 2 metrics)
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = set(f.read().splitlines())
+    missing = [line for line in table if line not in readme]
+    assert not missing, "README.md lacks these lines of docs/results/regimes/report.md's gap table:\n" + "\n".join(missing)
