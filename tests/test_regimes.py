@@ -64,14 +64,15 @@ def test_regimes_report_puts_both_regimes_beside_the_paper(tmp_path):
     assert cd["regimes"]["pretrained"]["diff"] == pytest.approx(19 / 3) and cd["regimes"]["pretrained"]["verdict"] == "agrees"
     assert pairs["c_fpn", "f_p2_only"]["regimes"]["scratch"]["verdict"] == "unresolved"  # +0.23 within 0.29
     assert t1["regimes"]["pretrained"]["kendall_tau"]["AR1k"] > t1["regimes"]["scratch"]["kendall_tau"]["AR1k"]
-    assert data["tables"]["table2"]["regimes"] == {"scratch": None, "pretrained": None, "control": None}
+    assert data["tables"]["table2"]["regimes"] == {"scratch": None, "pretrained": None, "control": None,
+                                                   "control-3x": None}
     gap = next(g for g in data["gaps"] if (g["table"], g["b"], g["metric"]) == ("table1", "d_bottom_up", "AR1k"))
     assert gap["paper"] == pytest.approx(6.8)
     recipe = gap["widening"]["recipe"]
     assert recipe["diff"] == pytest.approx(19 / 3 + 4 / 3) and recipe["verdict"] == "wider"
     assert gap["widening"]["weights"]["verdict"] == "not run"  # no control runs
     t2gap = next(g for g in data["gaps"] if g["table"] == "table2")
-    assert t2gap["widening"] == {k: dict(diff=None, spread=None, verdict="not run") for k in ("recipe", "weights")}
+    assert t2gap["widening"] == {k: dict(diff=None, spread=None, verdict="not run") for k in ("recipe", "weights", "weights-3x")}
 
     out = str(tmp_path / "regimes")
     os.makedirs(out)
@@ -80,9 +81,9 @@ def test_regimes_report_puts_both_regimes_beside_the_paper(tmp_path):
     paths = write_regimes(results, out, "python -m fpn_variants.experiments.regimes --results R")
     md = open(paths["report.md"]).read()
     assert "| (c) > (d) | +6.8 | -1.3 ± 0.6 (3) disagrees | +6.3 ± 0.6 (3) agrees | not run |" in md
-    assert ("| (c) FPN {P2..P6} | 44.0 / 48.0 ± 1.0 (3) / 59.3 ± 0.6 (3) / not run | "
-            "56.3 / 49.0 ± 1.0 (3) / 60.3 ± 0.6 (3) / not run |") in md
-    assert "| table2 | (c) - (d) | AP | +9.0 | not run | not run | not run | not run | not run |" in md
+    assert ("| (c) FPN {P2..P6} | 44.0 / 48.0 ± 1.0 (3) / 59.3 ± 0.6 (3) / not run / not run | "
+            "56.3 / 49.0 ± 1.0 (3) / 60.3 ± 0.6 (3) / not run / not run |") in md
+    assert "| table2 | (c) - (d) | AP | +9.0 | not run | not run | not run | not run | not run | not run | not run |" in md
     assert "- Lite2 from scratch (control): no such suite (this regime is Table 1 only)" in md
     assert "+7.7 ± 0.8: wider" in md and "## Discussion\n\nWhat the runs show." in md
     # the one unresolved pair (scratch (c) vs (f), 3 seeds) gets the command that adds seeds to its rows only
@@ -168,6 +169,14 @@ def test_the_control_regime_separates_the_weights_from_the_recipe(tmp_path):
     md = open(paths["report.md"]).read()
     assert "| table1 | (c) - (d) | AR1k | +6.8 | -1.3 ± 0.6 (3) | +6.3 ± 0.6 (3) | +5.8 ± 0.3 (3) | " in md
     assert "+0.5 ± 0.6: within the spread |" in md
+    assert gap["widening"]["weights-3x"]["verdict"] == "not run"  # the 3x control has no folder here
+
+    fake_sweep(results, "table1-neon-lite2-scratch-3x", {"c_fpn": [52, 53, 51], "d_bottom_up": [50, 50, 49]})  # +7/3
+    data = build(results)
+    gap = next(g for g in data["gaps"] if (g["table"], g["b"], g["metric"]) == ("table1", "d_bottom_up", "AR1k"))
+    assert gap["regimes"]["control-3x"]["diff"] == pytest.approx(7 / 3) and gap["regimes"]["control-3x"]["n"] == 3
+    assert gap["widening"]["weights-3x"]["diff"] == pytest.approx(19 / 3 - 7 / 3)
+    assert gap["widening"]["weights-3x"]["verdict"] == "wider"
 
 
 def test_the_report_names_the_rpn_behind_table2s_proposals_and_its_ar(tmp_path):

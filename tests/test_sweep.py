@@ -652,6 +652,24 @@ def test_the_control_regime_trains_lite2_from_its_random_init():
     assert bns and all(m.weight.requires_grad and m.track_running_stats for m in bns)
 
 
+def test_the_3x_control_is_the_control_on_three_times_the_schedule():
+    """The longer control differs from the control in the schedule only: 600 iterations, LR x0.1 at 480
+    (the ablation recipe's 200 / 160, tripled), with the same warm-up and checkpoint period."""
+    from fpn_variants.config import load_config
+    from fpn_variants.experiments.suites import LITE2_FROM_SCRATCH, LITE2_FROM_SCRATCH_3X
+
+    short, long = get_suite("table1-neon-lite2-scratch"), get_suite("table1-neon-lite2-scratch-3x")
+    assert long.opts == LITE2_FROM_SCRATCH_3X and LITE2_FROM_SCRATCH_3X[:len(LITE2_FROM_SCRATCH)] == LITE2_FROM_SCRATCH
+    assert [(r.key, r.config) for r in long.rows] == [(r.key, r.config) for r in short.rows] and long.folds == 4
+    row = next(r for r in long.rows if r.key == "c_fpn")
+    a = load_config(os.path.join(config_root(), row.config), list(short.opts))
+    b = load_config(os.path.join(config_root(), row.config), list(long.opts))
+    assert (a.SOLVER.MAX_ITER, tuple(a.SOLVER.STEPS)) == (200, (160,))
+    assert (b.SOLVER.MAX_ITER, tuple(b.SOLVER.STEPS)) == (600, (480,))
+    b.SOLVER.MAX_ITER, b.SOLVER.STEPS = a.SOLVER.MAX_ITER, a.SOLVER.STEPS
+    assert b.dump() == a.dump()  # nothing else changes
+
+
 def test_the_pretrained_regime_is_the_pretrained_demo_recipe():
     """PRETRAINED_BOTTOM_UP over the scratch base gives every key the value of the pretrained demo recipe
     (configs/NEON/faster_rcnn_lite2_FPN_cpu.yaml), so the two cannot drift apart."""
