@@ -764,3 +764,33 @@ def test_the_cost_of_a_fast_rcnn_row_is_measured_on_random_proposals():
     p = _random_proposals(200, 50, torch.Generator().manual_seed(0))
     b = p.proposal_boxes.tensor
     assert len(p) == 50 and (b[:, 2:] > b[:, :2]).all() and b.min() >= 0 and b.max() <= 200
+
+
+def test_publishing_again_keeps_a_newer_discussion_in_the_committed_folder(tmp_path):
+    """The resume practice copies the committed folder into the sweep folder (cp -rn), runs, publishes back:
+    a discussion edited in the committed folder meanwhile must survive; one edited in the sweep folder
+    after the copy is published; the same text either way is simply written."""
+    suite = get_suite("table1-neon")
+    sweep, dest = str(tmp_path / "sweep"), str(tmp_path / "docs")
+    folder = SweepFolder(sweep)
+    folder.update_manifest(suite, [], [0], "python -m fpn_variants.sweep table1-neon")
+    run_dir = folder.run_dir("c_fpn", 0)
+    os.makedirs(run_dir)
+    SweepFolder.write_record(run_dir, dict(row="c_fpn", seed=0, status="done", seconds=1.0, s_per_it=1.0,
+                                           train_loss=0.5, error=None, metrics={"box_proposals/AR@1000": 50.0}))
+    mine, theirs = os.path.join(sweep, "discussion.md"), os.path.join(dest, "discussion.md")
+
+    def write(path, text, mtime):
+        with open(path, "w") as f:
+            f.write(text)
+        os.utime(path, (mtime, mtime))
+
+    write(mine, "old text, copied from the committed folder\n", 1000)
+    assert "discussion.md" in folder.publish(dest)  # dest had none
+    write(theirs, "rewritten in the committed folder after the copy\n", 2000)
+    written = folder.publish(dest)
+    assert "discussion.md" not in written and "c_fpn/seed0/run.json" in written
+    assert open(theirs).read() == "rewritten in the committed folder after the copy\n"
+    write(mine, "rewritten in the sweep folder, later still\n", 3000)
+    assert "discussion.md" in folder.publish(dest)
+    assert open(theirs).read() == "rewritten in the sweep folder, later still\n"

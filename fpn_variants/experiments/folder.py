@@ -308,6 +308,10 @@ class SweepFolder:
         never checkpoints or logs. A sweep given ``--output dest`` (or a copy of ``dest``, on any machine)
         later resumes from these records without re-running the published runs, its rows reading the same
         proposals.
+        ``discussion.md`` is a person's text, often edited in ``dest`` (the committed folder) after the sweep
+        folder was copied from it: it is copied only where ``dest`` has none, or the same text, or an older
+        file (modification time) than this folder's; otherwise ``dest``'s is kept, so that resuming from a
+        copy and publishing again never puts an older discussion over a newer one.
         Returns the paths written, relative to ``dest``.
 
         Raises:
@@ -316,7 +320,9 @@ class SweepFolder:
         from ..fileio import write_bytes_atomic
 
         self.manifest()  # raises for a folder that is not a sweep
-        wanted = [n for n in (self.MANIFEST, self.COSTS, self.DISCUSSION) if os.path.isfile(self.file(n))]
+        wanted = [n for n in (self.MANIFEST, self.COSTS) if os.path.isfile(self.file(n))]
+        if os.path.isfile(self.file(self.DISCUSSION)) and not self._newer_discussion_in(dest):
+            wanted.append(self.DISCUSSION)
         for root, dirs, files in os.walk(self.path):
             dirs.sort()
             rec = self.read_record(root) if self.RUN_FILE in files else None
@@ -334,6 +340,16 @@ class SweepFolder:
             os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
             write_bytes_atomic(os.path.join(dest, rel), data)
         return wanted
+
+    def _newer_discussion_in(self, dest: str) -> bool:
+        """Whether ``dest`` holds a discussion.md that differs from this folder's and is not older."""
+        theirs = os.path.join(dest, self.DISCUSSION)
+        if not os.path.isfile(theirs):
+            return False
+        with open(theirs, "rb") as f, open(self.file(self.DISCUSSION), "rb") as g:
+            if f.read() == g.read():
+                return False
+        return os.path.getmtime(theirs) >= os.path.getmtime(self.file(self.DISCUSSION))
 
     # -- the writers' lock -------------------------------------------------------------------------
     def lock(self) -> "_Lock":
