@@ -794,3 +794,72 @@ def test_publishing_again_keeps_a_newer_discussion_in_the_committed_folder(tmp_p
     write(mine, "rewritten in the sweep folder, later still\n", 3000)
     assert "discussion.md" in folder.publish(dest)
     assert open(theirs).read() == "rewritten in the sweep folder, later still\n"
+
+
+def test_the_proposals_stages_of_several_folds_share_the_lanes(tmp_path, monkeypatch):
+    """A Fast R-CNN sweep on several folds trains one proposals RPN per fold: with --jobs 2 two folds'
+    stages train at once (one lane no longer idles while another fold's RPN trains alone), every row
+    starts only after the stages and reads its own fold's proposals, and a fold whose stage fails fails
+    its own rows only. The job functions are replaced by timed fakes: this checks the scheduling; the
+    stage itself is tested in test_fast_rcnn_suite_trains_on_the_dumped_proposals_of_one_rpn."""
+    import threading
+
+    from fpn_variants.data.neon import dataset_name
+    from fpn_variants.experiments import sweep as sweep_mod
+
+    spans, lock = {}, threading.Lock()
+
+    def timed(spec, what):
+        with lock:
+            spans[(what, spec.fold, spec.row, spec.seed)] = [time.time(), None]
+        time.sleep(0.6)
+        with lock:
+            spans[(what, spec.fold, spec.row, spec.seed)][1] = time.time()
+
+    def fake_proposals(spec):
+        timed(spec, "proposals")
+        if spec.fold == 1 and fail_fold1:
+            return {"status": "failed", "error": "RuntimeError: fold 1's RPN diverged"}
+        return {"status": "done", "seconds": 0.6, "metrics": {}, "proposal_files": {"fold": spec.fold}}
+
+    read = {}
+
+    def fake_run(spec):
+        timed(spec, "run")
+        read[(spec.fold, spec.row)] = spec.proposal_files
+        return {"status": "done", "seconds": 0.6, "metrics": {}, "row": spec.row, "fold": spec.fold, "seed": spec.seed}
+
+    monkeypatch.setattr(sweep_mod, "execute_proposals", fake_proposals)
+    monkeypatch.setattr(sweep_mod, "execute_run", fake_run)
+    monkeypatch.setattr(sweep_mod, "proposals_done", lambda rec, run_dir: bool(rec and rec.get("status") == "done"))
+    monkeypatch.setattr(sweep_mod, "verify_proposals", lambda rec, run_dir: {
+        dataset_name(split, rec["proposal_files"]["fold"]): f"{run_dir}/{split}.pkl" for split in ("train", "val")})
+
+    fail_fold1 = False
+    records = run_sweep("table2-neon", seeds=1, output=str(tmp_path / "a"), jobs=2, threads=1, folds=[0, 1],
+                        rows=["c_fpn", "f_p2_only"], poll_s=0.05, report=False)
+    assert [(r["row"], r["status"]) for r in records] == [("c_fpn", "done"), ("f_p2_only", "done")] * 2
+    (s0, e0), (s1, e1) = spans[("proposals", 0, "proposals", 0)], spans[("proposals", 1, "proposals", 0)]
+    assert s1 < e0 and s0 < e1  # the two folds' RPNs trained at the same time
+    assert min(s for (what, *_), (s, _) in spans.items() if what == "run") >= max(e0, e1)
+    for fold in (0, 1):
+        for row in ("c_fpn", "f_p2_only"):
+            assert read[(fold, row)] == ((str(tmp_path / "a" / f"proposals_fold{fold}" / "train.pkl"),),
+                                         (str(tmp_path / "a" / f"proposals_fold{fold}" / "val.pkl"),))
+
+    # one lane: the stages take turns
+    spans.clear()
+    run_sweep("table2-neon", seeds=1, output=str(tmp_path / "b"), jobs=1, threads=1, folds=[0, 1], rows=["c_fpn"],
+              poll_s=0.05, report=False)
+    (s0, e0), (s1, e1) = spans[("proposals", 0, "proposals", 0)], spans[("proposals", 1, "proposals", 0)]
+    assert s1 >= e0
+
+    # fold 1's stage fails: its rows are recorded failed, naming the stage; fold 0's rows still run
+    spans.clear()
+    fail_fold1 = True
+    records = run_sweep("table2-neon", seeds=1, output=str(tmp_path / "c"), jobs=2, threads=1, folds=[0, 1],
+                        rows=["c_fpn"], poll_s=0.05, report=False)
+    by_fold = {r["fold"]: r for r in records}
+    assert by_fold[0]["status"] == "done" and by_fold[1]["status"] == "failed"
+    assert "proposals stage" in by_fold[1]["error"] and "fold 1's RPN diverged" in by_fold[1]["error"]
+    assert ("run", 1, "c_fpn", 0) not in spans

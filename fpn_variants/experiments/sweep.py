@@ -222,13 +222,11 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
         ex = _make_executor(executor, output, jobs, slurm)
         try:
             not_run = []
+            at_once = None if executor == "slurm" else jobs  # slurm: submit all, the scheduler queues
             if suite.proposals:
-                staged = [_proposals_stage(ex, folder, suite, [sp for sp in specs if sp.fold == f], opts, threads,
-                                           num_gpus, keep_checkpoints, poll_s, f, deadline) for f in run_folds]
-                specs = [sp for ready, _ in staged for sp in ready]
-                not_run = [r for _, failed in staged for r in failed]
-            out = not_run + _drive(ex, specs, execute_run, _run_done, len(specs) if executor == "slurm" else jobs, suite.name,
-                                   poll_s, deadline)
+                specs, not_run = _proposals_stages(ex, folder, suite, specs, run_folds, opts, threads, num_gpus,
+                                                   keep_checkpoints, poll_s, deadline, at_once)
+            out = not_run + _drive(ex, specs, execute_run, _run_done, at_once or len(specs), suite.name, poll_s, deadline)
         finally:
             if isinstance(ex, ThreadPoolExecutor):
                 ex.shutdown(wait=True)
@@ -240,27 +238,42 @@ def run_sweep(suite, seeds: int | Sequence[int] = 3, executor: str = "local", ou
     return out
 
 
-def _run_done(record: Optional[dict]) -> bool:
+def _run_done(spec: RunSpec, record: Optional[dict]) -> bool:
     return bool(record and record.get("status") == "done")
 
 
-def _proposals_stage(ex, folder: SweepFolder, suite: Suite, specs: List[RunSpec], opts, threads, num_gpus,
-                     keep_checkpoints, poll_s, fold=None, deadline=None):
-    """Train the proposals RPN of ``fold`` and dump its proposals (once per folder and fold); returns
-    ``(specs reading them, [])``. If the stage fails: ``([], the records of specs)``, every run not yet
-    done recorded as failed, naming why (the sweep goes on to its report). If the time limit left the
-    stage unstarted: ``([], [None] * len(specs))``."""
-    prop = proposals_spec(suite, folder.path, opts, threads, num_gpus, keep_checkpoints, fold)
-    desc = f"{suite.name} proposals" + ("" if fold is None else f" fold {fold}")
-    (rec,) = _drive(ex, [prop], execute_proposals, lambda r: proposals_done(r, prop.run_dir), 1, desc, poll_s, deadline)
-    if rec is None:
-        return [], [None] * len(specs)
-    if proposals_done(rec, prop.run_dir):
-        files = verify_proposals(rec, prop.run_dir)  # ValueError: not the files the runs done so far read
-        return [sp.with_proposals(files) for sp in specs], []
-    why = RuntimeError(f"not run: the proposals stage ({prop.run_dir}) failed: {rec.get('error')}")
-    records = [SweepFolder.read_record(sp.run_dir) for sp in specs]
-    return [], [r if _run_done(r) else failed_record(sp, why) for sp, r in zip(specs, records)]
+def _proposals_done(spec: RunSpec, record: Optional[dict]) -> bool:
+    return proposals_done(record, spec.run_dir)
+
+
+def _proposals_stages(ex, folder: SweepFolder, suite: Suite, specs: List[RunSpec], run_folds, opts, threads,
+                      num_gpus, keep_checkpoints, poll_s, deadline, at_once: Optional[int]):
+    """Train the proposals RPN of every fold in ``run_folds`` and dump its proposals (once per folder and
+    fold), up to ``at_once`` stages at once (``--jobs`` locally, so that with several folds no lane idles
+    while one fold's RPN trains; ``None``: all), before any row runs; returns ``(specs ready to run, records of specs
+    that will not run)``. A fold whose stage fails: its runs not yet done are recorded as failed, naming
+    why (the sweep goes on with the other folds and writes its report). A fold whose stage the time limit
+    left unstarted: its runs are ``None``.
+
+    Raises:
+        ValueError: a done stage's files are not the ones its record pinned (:func:`verify_proposals`).
+    """
+    props = [proposals_spec(suite, folder.path, opts, threads, num_gpus, keep_checkpoints, f) for f in run_folds]
+    recs = _drive(ex, props, execute_proposals, _proposals_done, at_once or len(props), f"{suite.name} proposals",
+                  poll_s, deadline)
+    ready, not_run = [], []
+    for f, prop, rec in zip(run_folds, props, recs):
+        fold_specs = [sp for sp in specs if sp.fold == f]
+        if rec is None:
+            not_run += [None] * len(fold_specs)
+        elif proposals_done(rec, prop.run_dir):
+            files = verify_proposals(rec, prop.run_dir)
+            ready += [sp.with_proposals(files) for sp in fold_specs]
+        else:
+            why = RuntimeError(f"not run: the proposals stage ({prop.run_dir}) failed: {rec.get('error')}")
+            records = [SweepFolder.read_record(sp.run_dir) for sp in fold_specs]
+            not_run += [r if _run_done(sp, r) else failed_record(sp, why) for sp, r in zip(fold_specs, records)]
+    return ready, not_run
 
 
 def _expected_seconds(durations: List[float]) -> float:
@@ -268,7 +281,7 @@ def _expected_seconds(durations: List[float]) -> float:
     return statistics.median(durations) if durations else 0.0
 
 
-def _drive(ex, specs: List[RunSpec], fn: Callable[[RunSpec], dict], done: Callable[[Optional[dict]], bool],
+def _drive(ex, specs: List[RunSpec], fn: Callable[[RunSpec], dict], done: Callable[[RunSpec, Optional[dict]], bool],
            limit: int, desc: str, poll_s: float, deadline: Optional[float] = None) -> List[Optional[dict]]:
     """Run ``fn(spec)`` for every spec whose record is not ``done`` yet, at most ``limit`` at once, with
     a progress bar of runs done / total and each running run's iteration; returns the records in
@@ -282,7 +295,7 @@ def _drive(ex, specs: List[RunSpec], fn: Callable[[RunSpec], dict], done: Callab
     durations: List[float] = []
     for s in specs:
         st = SweepFolder.read_record(s.run_dir)
-        if done(st):
+        if done(s, st):
             records[s.run_dir] = st
             if st.get("seconds"):
                 durations.append(float(st["seconds"]))
