@@ -193,6 +193,36 @@ def test_the_report_names_the_rpn_behind_table2s_proposals_and_its_ar(tmp_path):
         "NEON/rpn_c_fpn.yaml with the suite's overrides, seed 0 (the regime's Table 1(c) RPN): AR100 30.1 / AR1k 49.2")
     assert t2["regimes"]["scratch"] is None
 
+    # rows run on another data fold read that fold's own RPN: the note names it and its AR on that fold
+    folder = SweepFolder(os.path.join(results, "table2-neon-pretrained"))
+    folder.update_manifest(get_suite("table2-neon-pretrained"), [], [0], "python -m fpn_variants.sweep "
+                           "table2-neon-pretrained --folds 1 --seeds 1 --rows c_fpn d_bottom_up",
+                           {"c_fpn", "d_bottom_up"}, [1])
+    for row, v in (("c_fpn", 20.0), ("d_bottom_up", 9.0)):
+        run_dir = folder.run_dir(row, 0, 1)
+        os.makedirs(run_dir)
+        SweepFolder.write_record(run_dir, dict(row=row, fold=1, seed=0, status="done", seconds=1.0, s_per_it=1.0,
+                                               train_loss=0.5, error=None, metrics={"bbox/AP": v}))
+    os.makedirs(folder.fold_proposals_dir(1))
+    SweepFolder.write_record(folder.fold_proposals_dir(1), dict(
+        row="proposals", fold=1, seed=0, status="done", seconds=1.0, error=None,
+        metrics={"box_proposals/AR@100": 27.5, "box_proposals/AR@1000": 47.0}))
+    t2 = build(results)["tables"]["table2"]
+    assert t2["regimes"]["pretrained"]["proposals"].endswith(
+        "AR100 30.1 / AR1k 49.2; on fold 1 its own RPN (`proposals_fold1`): AR100 27.5 / AR1k 47.0")
+    # every row with runs has them on fold 1 too: the table's means are over both folds
+    assert t2["regimes"]["pretrained"]["rows"]["c_fpn"]["n"] == 4
+    cd = next(p for p in t2["pairs"] if (p["higher"], p["lower"]) == ("c_fpn", "d_bottom_up"))
+    assert cd["regimes"]["pretrained"]["n"] == 4
+    # a row without fold-1 runs: the table's means go back to the default fold (the val tiles every row
+    # was measured on), while the fold-1 runs still enter the (c) - (d) pair
+    fake_sweep(results, "table2-neon-pretrained", {"f_p2_only": [13, 14, 13]})
+    t2 = build(results)["tables"]["table2"]
+    assert t2["regimes"]["pretrained"]["rows"]["c_fpn"]["n"] == 3
+    assert t2["regimes"]["pretrained"]["rows"]["c_fpn"]["mean"]["AP"] == pytest.approx(14.0)
+    cd = next(p for p in t2["pairs"] if (p["higher"], p["lower"]) == ("c_fpn", "d_bottom_up"))
+    assert cd["regimes"]["pretrained"]["n"] == 4
+
 
 def test_a_widening_with_one_run_has_no_spread_yet():
     from fpn_variants.experiments.regimes import _widening

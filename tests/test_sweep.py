@@ -711,8 +711,17 @@ def test_data_folds_are_a_sweep_axis(tmp_path):
     runs = [(r["row"], r["fold"], r["seed"], r["status"]) for r in csv.DictReader(open(os.path.join(out, "results.csv")))]
     assert runs == [("c_fpn", "3", "0", "done"), ("c_fpn", "0", "0", "done"), ("d_bottom_up", "3", "0", "done")]
     res = json.load(open(os.path.join(out, "results.json")))
-    assert {r["row"]: r["n_done"] for r in res["rows"]} == {"c_fpn": 2, "d_bottom_up": 1}
-    assert "Data folds: the default fold (3) and folds [0]" in open(os.path.join(out, "report.md")).read()
+    # the table compares rows on the folds every row has runs on (here the default one): c_fpn's fold-0 run
+    # is counted apart and shown in the per-fold table, not mixed into a mean beside d_bottom_up's
+    by = {r["row"]: r for r in res["rows"]}
+    assert {k: (r["n_done"], r.get("n_other_folds", 0)) for k, r in by.items()} == {"c_fpn": (1, 1), "d_bottom_up": (1, 0)}
+    default_c = next(r for r in res["runs"] if r["row"] == "c_fpn" and r.get("fold") is None)["metrics"]["AR1k"]
+    assert by["c_fpn"]["mean"]["AR1k"] == pytest.approx(default_c)
+    md = open(os.path.join(out, "report.md")).read()
+    assert "Data folds: the default fold (3) and folds [0]" in md and "over its runs on fold 3," in md
+    assert "| 1 (+1 on other folds) |" in md and "## Per data fold (AR1k)" in md
+    fold_line = next(line for line in md.splitlines() if line.startswith("| (c)") and "(1) |" in line)
+    assert fold_line.count("(1)") == 2  # one run on fold 0, one on fold 3 (default)
     # 42 val tiles in the default fold, another 42-ish in fold 0: the fold-0 run was evaluated on other data
     assert run_status(fold0)["fold"] == 0 and run_status(fold0)["metrics"] != run_status(os.path.join(out, "c_fpn", "seed0"))["metrics"]
 

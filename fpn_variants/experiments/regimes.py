@@ -245,17 +245,27 @@ def _widening(p: dict, s: dict) -> dict:
 
 
 def _proposals_note(path: str, col: dict) -> str:
-    """Which RPN made a Fast R-CNN suite's proposals, and its AR (from the proposals stage's run record)."""
+    """Which RPN made a Fast R-CNN suite's proposals, and its AR (from the proposals stage's run record);
+    then, for each other data fold with runs, that fold's own RPN (same config, trained on the fold's
+    train tiles) and its AR on the fold's val tiles."""
     suite = col["suite"]
     if not suite.proposals:
         return ""
-    rec = SweepFolder.read_record(SweepFolder(path).proposals_dir) or {}
-    m = rec.get("metrics") or {}
-    ars = [f"{name} {m[k]:.1f}" for name, k in (("AR100", "box_proposals/AR@100"), ("AR1k", "box_proposals/AR@1000"))
-           if m.get(k) is not None]
-    got = " / ".join(ars) if ars else "its record is not in the folder"
+    folder = SweepFolder(path)
+
+    def ar(fold):
+        rec = SweepFolder.read_record(folder.fold_proposals_dir(fold)) or {}
+        m = rec.get("metrics") or {}
+        ars = [f"{name} {m[k]:.1f}" for name, k in (("AR100", "box_proposals/AR@100"), ("AR1k", "box_proposals/AR@1000"))
+               if m.get(k) is not None]
+        return " / ".join(ars) if ars else "its record is not in the folder"
+
     overrides = " with the suite's overrides" if suite.opts else ""
-    return f"{suite.proposals}{overrides}, seed 0 (the regime's Table 1(c) RPN): {got}"
+    note = f"{suite.proposals}{overrides}, seed 0 (the regime's Table 1(c) RPN): {ar(None)}"
+    folds = sorted({r["fold"] for r in col["runs"] if r.get("fold") is not None})
+    if folds:
+        note += "; on " + ", ".join(f"fold {j} its own RPN (`proposals_fold{j}`): {ar(j)}" for j in folds)
+    return note
 
 
 def _f(x, digits=1, sign=False):

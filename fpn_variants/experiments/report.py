@@ -114,14 +114,33 @@ def _mean_std(xs: List[float]):
     return m, sd, len(xs)
 
 
+def table_folds(collected: dict) -> set:
+    """The data folds a suite's table averages over: those on which every row with a finished run has
+    one (``None`` stands for the default fold), so that every row's mean is over the same val tiles; if
+    the rows share no fold, every fold. Runs on the other folds (e.g. ``--folds`` for the rows of an
+    unresolved pair only) enter the paired differences of the regimes report and the per-fold table."""
+    folds = {}
+    for r in collected["runs"]:
+        if r["status"] == "done":
+            folds.setdefault(r["row"], set()).add(r.get("fold"))
+    if not folds:
+        return set()
+    common = set.intersection(*folds.values())
+    return common or set.union(*folds.values())
+
+
 def summarize(collected: dict) -> List[dict]:
     """Per row: ``{row, label, n_done, n_failed, mean: {metric: m}, std: {metric: s}, paper: {...},
-    seconds}`` over the seeds whose run is ``done`` (std is ``None`` for fewer than 2 seeds)."""
+    seconds, ...}`` over the row's runs that are ``done`` on the folds of :func:`table_folds` (std is
+    ``None`` for fewer than 2 runs), and ``n_other_folds``, only for a row that has them: its finished
+    runs on other folds, left out of the means."""
     suite: Suite = collected["suite"]
+    folds = table_folds(collected)
     out = []
     for row in suite.rows:
         runs = [r for r in collected["runs"] if r["row"] == row.key]
-        done = [r for r in runs if r["status"] == "done"]
+        done_all = [r for r in runs if r["status"] == "done"]
+        done = [r for r in done_all if r.get("fold") in folds]
         mean, std = {}, {}
         for m in suite.metrics:
             mu, sd, _ = _mean_std([r["metrics"].get(m.name) for r in done])
@@ -131,10 +150,28 @@ def summarize(collected: dict) -> List[dict]:
         loss, loss_sd, _ = _mean_std([r.get("train_loss") for r in done])
         out.append(dict(
             row=row.key, label=row.label, n_done=len(done), n_failed=sum(r["status"] == "failed" for r in runs),
+            **({"n_other_folds": len(done_all) - len(done)} if len(done_all) > len(done) else {}),
             mean=mean, std=std, paper=dict(row.paper), seconds=sum(secs) / len(secs) if secs else None,
             s_per_it=sum(speeds) / len(speeds) if speeds else None, train_loss=loss, train_loss_std=loss_sd,
             per_seed={_run_label(r): r["metrics"].get(suite.headline) for r in done},
         ))
+    return out
+
+
+def per_fold(collected: dict) -> List[dict]:
+    """For each row with finished runs on more than one data fold: ``{row, label, folds: {fold: (mean, std,
+    n)}}`` of the suite's headline metric, the default fold as ``suite.default_fold``; empty for a sweep
+    without ``--folds`` runs."""
+    suite: Suite = collected["suite"]
+    out = []
+    for row in suite.rows:
+        by = {}
+        for r in collected["runs"]:
+            if r["row"] == row.key and r["status"] == "done":
+                f = suite.default_fold if r.get("fold") is None else r["fold"]
+                by.setdefault(f, []).append(r["metrics"].get(suite.headline))
+        if len(by) > 1:
+            out.append(dict(row=row.key, label=row.label, folds={f: _mean_std(by[f]) for f in sorted(by)}))
     return out
 
 
@@ -288,8 +325,12 @@ def _header(collected: dict) -> List[str]:
               f"`{' '.join(suite.opts)}`, before its row's own.", ""]
     folds = sorted({r["fold"] for r in collected.get("runs", ()) if r.get("fold") is not None})
     if folds:
-        L += [f"Data folds: the default fold ({suite.default_fold}) and folds {folds} (`--folds`); a row's mean ± std is "
-              "over all its runs, folds and seeds together.", ""]
+        used = sorted(suite.default_fold if f is None else f for f in table_folds(collected))
+        L += [f"Data folds: the default fold ({suite.default_fold}) and folds {folds} (`--folds`). The table's mean ± std "
+              f"of a row is over its runs on fold{'s' if len(used) > 1 else ''} {', '.join(map(str, used))}, those "
+              "every row has runs on, so that every row is measured on the same val tiles; its runs on other folds "
+              "('+N on other folds' in its seeds column) are in the per-fold table and, paired by (fold, seed) with "
+              "another row's, in the regimes report's differences.", ""]
     paper = ", then the paper's number in parentheses" if any(row.paper for row in suite.rows) else ""
     L += [f"Seeds: {collected['seeds']}; overrides: {collected['opts'] or 'none'}. Each cell: our mean ± sample "
           f"std over the seeds that finished (in %){paper}.", ""]
@@ -311,7 +352,8 @@ def _table(suite: Suite, rows: List[dict], costs: Dict[str, dict]) -> List[str]:
             if n in r["paper"]:
                 c += f" ({r['paper'][n]:.1f})"
             cells.append(c)
-        note = f"{r['n_done']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
+        note = f"{r['n_done']}" + (f" ({r['n_failed']} failed)" if r["n_failed"] else "") + (
+            f" (+{r['n_other_folds']} on other folds)" if r.get("n_other_folds") else "")
         mins = f"{r['s_per_it']:.2f}" if r.get("s_per_it") else "—"
         c = costs.get(r["row"], {})
         cost = " | ".join([f"{c['params_m']:.2f}" if "params_m" in c else "—",
@@ -396,6 +438,25 @@ def _ranking(suite: Suite, rows: List[dict], rank: dict) -> List[str]:
     return L + [""]
 
 
+def _fold_table(suite: Suite, rows: List[dict]) -> List[str]:
+    """The per-fold table (:func:`per_fold`): a row's headline mean ± std (runs) on each data fold."""
+    if not rows:
+        return []
+    folds = sorted({f for r in rows for f in r["folds"]})
+    L = [f"## Per data fold ({suite.headline})", "",
+         f"Each fold's val tiles are other trees (fold {suite.default_fold} is the default split): compare rows within a "
+         "fold, not a fold with another.", "",
+         "| row | " + " | ".join(f"fold {f}" + (" (default)" if f == suite.default_fold else "") for f in folds) + " |",
+         "|---|" + "---|" * len(folds)]
+    for r in rows:
+        cells = []
+        for f in folds:
+            m, sd, n = r["folds"].get(f, (None, None, 0))
+            cells.append("—" if m is None else f"{_fmt(m, sd)} ({n})")
+        L.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return L + [""]
+
+
 def _failures(runs: List[dict]) -> List[str]:
     """The runs not done, with their error."""
     bad = [r for r in runs if r["status"] != "done"]
@@ -417,7 +478,7 @@ def _markdown(collected: dict, rows: List[dict], rank: dict, png: str, claims: L
     L += _claims(suite, rows, claims, costs)
     if discussion:
         L += ["## Discussion", "", discussion.strip(), ""]
-    L += _ranking(suite, rows, rank) + _failures(collected["runs"])
+    L += _ranking(suite, rows, rank) + _fold_table(suite, per_fold(collected)) + _failures(collected["runs"])
     if any(m.key.startswith("box_proposals/") for m in suite.metrics):
         L += ["## How AR is computed", "", AR_NOTE, ""]
     L += ["## Files", "", "results.csv (one line per run), results.json (runs and per-row summary), "
