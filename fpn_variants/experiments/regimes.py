@@ -59,7 +59,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .folder import SweepFolder
-from .report import collect, ranking_agreement, summarize
+from .report import collect, other_folds, ranking_agreement, summarize
 from .suites import SUITES, get_suite
 
 __all__ = ["REGIMES", "TABLES", "GAPS", "WIDENINGS", "MAX_SEEDS", "paired_difference", "pair_verdict", "next_runs", "build",
@@ -262,7 +262,7 @@ def _proposals_note(path: str, col: dict) -> str:
 
     overrides = " with the suite's overrides" if suite.opts else ""
     note = f"{suite.proposals}{overrides}, seed 0 (the regime's Table 1(c) RPN): {ar(None)}"
-    folds = sorted({r["fold"] for r in col["runs"] if r.get("fold") is not None})
+    folds = other_folds(col)
     if folds:
         note += "; on " + ", ".join(f"fold {j} its own RPN (`proposals_fold{j}`): {ar(j)}" for j in folds)
     return note

@@ -114,19 +114,29 @@ def _mean_std(xs: List[float]):
     return m, sd, len(xs)
 
 
+def done_by_fold(collected: dict) -> Dict[str, Dict[Optional[int], List[dict]]]:
+    """``{row: {fold: [its done runs]}}`` (``None``: the default fold), rows without a done run absent."""
+    out: Dict[str, Dict[Optional[int], List[dict]]] = {}
+    for r in collected["runs"]:
+        if r["status"] == "done":
+            out.setdefault(r["row"], {}).setdefault(r.get("fold"), []).append(r)
+    return out
+
+
+def other_folds(collected: dict) -> List[int]:
+    """The data folds other than the default one that any run of the sweep is on, sorted."""
+    return sorted({r["fold"] for r in collected.get("runs", ()) if r.get("fold") is not None})
+
+
 def table_folds(collected: dict) -> set:
     """The data folds a suite's table averages over: those on which every row with a finished run has
     one (``None`` stands for the default fold), so that every row's mean is over the same val tiles; if
     the rows share no fold, every fold. Runs on the other folds (e.g. ``--folds`` for the rows of an
     unresolved pair only) enter the paired differences of the regimes report and the per-fold table."""
-    folds = {}
-    for r in collected["runs"]:
-        if r["status"] == "done":
-            folds.setdefault(r["row"], set()).add(r.get("fold"))
+    folds = [set(by) for by in done_by_fold(collected).values()]
     if not folds:
         return set()
-    common = set.intersection(*folds.values())
-    return common or set.union(*folds.values())
+    return set.intersection(*folds) or set.union(*folds)
 
 
 def summarize(collected: dict) -> List[dict]:
@@ -163,15 +173,14 @@ def per_fold(collected: dict) -> List[dict]:
     n)}}`` of the suite's headline metric, the default fold as ``suite.default_fold``; empty for a sweep
     without ``--folds`` runs."""
     suite: Suite = collected["suite"]
+    runs = done_by_fold(collected)
     out = []
     for row in suite.rows:
-        by = {}
-        for r in collected["runs"]:
-            if r["row"] == row.key and r["status"] == "done":
-                f = suite.default_fold if r.get("fold") is None else r["fold"]
-                by.setdefault(f, []).append(r["metrics"].get(suite.headline))
+        by = runs.get(row.key, {})
         if len(by) > 1:
-            out.append(dict(row=row.key, label=row.label, folds={f: _mean_std(by[f]) for f in sorted(by)}))
+            folds = {suite.default_fold if f is None else f: _mean_std([r["metrics"].get(suite.headline) for r in rs])
+                     for f, rs in by.items()}
+            out.append(dict(row=row.key, label=row.label, folds=dict(sorted(folds.items()))))
     return out
 
 
@@ -323,7 +332,7 @@ def _header(collected: dict) -> List[str]:
     if suite.opts:
         L += ["Every run of the suite (the proposals RPN's too) has the overrides "
               f"`{' '.join(suite.opts)}`, before its row's own.", ""]
-    folds = sorted({r["fold"] for r in collected.get("runs", ()) if r.get("fold") is not None})
+    folds = other_folds(collected)
     if folds:
         used = sorted(suite.default_fold if f is None else f for f in table_folds(collected))
         L += [f"Data folds: the default fold ({suite.default_fold}) and folds {folds} (`--folds`). The table's mean ± std "
