@@ -33,8 +33,7 @@ region folds): per table and regime, the rows of every unresolved pair; while a 
 (``--folds ... --rows ...``). The report lists these as the next runs; nothing is run. The command
 sweeps into the sweep's own folder ``output/sweeps/<suite>``; where the runs were read from a committed
 result folder (``docs/results/<suite>``), it first copies that folder there without overwriting
-(``cp -rn``: finished runs and a Fast R-CNN suite's proposals are resumed, not redone; a folder
-published before run records were kept has none, and the report says which rows' runs would be redone) and ends by
+(``cp -rn``: finished runs and a Fast R-CNN suite's proposals are resumed, not redone) and ends by
 publishing the report back (``report --publish``), so that no log or checkpoint lands in the
 committed folder.
 
@@ -52,7 +51,6 @@ spread yet (1 run)" where a gap has a single paired run.
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import math
 import os
@@ -136,10 +134,7 @@ def next_runs(suite_name: str, folder: str, pairs: List[Tuple[str, str, int]], f
     ``{step: "seeds" | "folds", rows, command}``, at most one of each step.
     Pairs with fewer than :data:`MAX_SEEDS` paired runs need seeds (``--seeds MAX_SEEDS --rows ...``);
     the others need the suite's ``folds`` other than ``default_fold`` (``--folds ... --seeds
-    MAX_SEEDS --rows ...``), or nothing more can be run when the suite has no folds.
-    A committed folder published before sweeps kept run records (only ``results.json``) gives the copy
-    nothing to resume: such a step also has ``rerun``, the rows whose finished runs the command runs
-    again (every seed, not only the new ones)."""
+    MAX_SEEDS --rows ...``), or nothing more can be run when the suite has no folds."""
     out = []
     sweep_dir = f"output/sweeps/{suite_name}"
     committed = os.path.normpath(folder) != sweep_dir
@@ -158,21 +153,11 @@ def next_runs(suite_name: str, folder: str, pairs: List[Tuple[str, str, int]], f
                 continue
             cmd = (f"python -m fpn_variants.sweep {suite_name} --folds {' '.join(map(str, other))} --seeds {MAX_SEEDS} "
                    f"--rows {' '.join(rows)} {output}")
-        step_out = dict(step=step, rows=rows, command=cmd)
         if committed:
-            step_out["command"] = (f"mkdir -p {sweep_dir} && cp -rn {folder}/. {sweep_dir}/ && {cmd} && "
-                                   f"python -m fpn_variants.report {sweep_dir} --publish {folder}")
-            rerun = [k for k in rows if not _has_run_records(folder, k)]
-            if rerun:
-                step_out["rerun"] = rerun
-        out.append(step_out)
+            cmd = (f"mkdir -p {sweep_dir} && cp -rn {folder}/. {sweep_dir}/ && {cmd} && "
+                   f"python -m fpn_variants.report {sweep_dir} --publish {folder}")
+        out.append(dict(step=step, rows=rows, command=cmd))
     return out
-
-
-def _has_run_records(folder: str, row: str) -> bool:
-    """Whether ``folder`` keeps a run record (``<row>/[fold<j>/]seed<k>/run.json``) of ``row``."""
-    return bool(glob.glob(os.path.join(folder, row, "seed*", "run.json"))
-                or glob.glob(os.path.join(folder, row, "fold*", "seed*", "run.json")))
 
 
 def _load(results: str, table: str, suffix: str) -> Optional[dict]:
@@ -353,10 +338,6 @@ def _render(data: dict, discussion: str, command: str) -> str:
                 rows = ", ".join(labels.get(k, k) for k in step["rows"])
                 what = (f"`{step['command']}`" if step["command"] else
                         "nothing more: the suite has no other data folds")
-                if step.get("rerun"):
-                    what += (" (the committed folder keeps no run records of "
-                             f"{', '.join(labels.get(k, k) for k in step['rerun'])}: it was published before "
-                             "sweeps kept them, so this also runs their finished seeds again)")
                 L.append(f"- {r['label']}, {step['step']} for {rows}: {what}")
             L.append("")
     L += ["## The gap test: does pretraining open the gap the paper reports?", "",
